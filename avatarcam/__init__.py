@@ -1,0 +1,3 @@
+"""FaceMimic: a webcam-driven, reenacted avatar published as a virtual camera."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,129 @@
+"""Command-line interface: `python run.py --help`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from avatarcam.config import documented_keys, load_config, parse_override
+from avatarcam.errors import FaceMimicError
+from avatarcam.paths import DEFAULT_CONFIG
+
+EPILOG = """\
+examples:
+  python run.py                                   webcam 0 -> default avatar -> preview + "FaceMimic Camera"
+  python run.py --source clip.mp4 --avatar avatars/astronaut.png
+  python run.py --model fomm --checkpoint ~/avatarify/vox-adv-cpk.pth.tar
+  python run.py --set motion.smoothing=0.6 --set vcam.fit=fill
+  python run.py --check                           self-test of camera, landmark model and virtual camera
+  python run.py --list-config                     every config.yaml key with its default and allowed values
+
+Hotkeys (global, work while the call app has focus): Ctrl+Alt+1..9 avatar, Ctrl+Alt+N/P next/previous,
+Ctrl+Alt+C recalibrate, Ctrl+Alt+T passthrough, Ctrl+Alt+Z freeze; see README for the full table.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; every flag maps onto a config.yaml key (flags win)."""
+    p = argparse.ArgumentParser(
+        prog="run.py", description="FaceMimic: your webcam drives a portrait, published as the 'FaceMimic Camera'.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="config file (default: config.yaml)")
+    src = p.add_argument_group("input")
+    src.add_argument("--source", help="camera index, video file or URL (capture.source)")
+    src.add_argument("--mirror", dest="mirror", action="store_true", default=None, help="mirror the camera")
+    src.add_argument("--no-mirror", dest="mirror", action="store_false", help="do not mirror the camera")
+    src.add_argument("--fast", action="store_true", help="video files: read as fast as possible (capture.pace=false)")
+    av = p.add_argument_group("avatar and model")
+    av.add_argument("--avatar", help="avatar name, 1-based index, or image path (avatars.default)")
+    av.add_argument("--avatars-folder", help="folder of avatar images (avatars.folder)")
+    av.add_argument("--model", choices=("mesh", "fomm"), help="generator (generator.model)")
+    av.add_argument("--checkpoint", help="FOMM checkpoint, e.g. vox-adv-cpk.pth.tar (generator.checkpoint)")
+    av.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"),
+                    help="inference runtime (generator.backend)")
+    av.add_argument("--no-crop", action="store_true", help="FOMM: use frames as given, no face crop")
+    av.add_argument("--canvas-size", type=int, help="avatar canvas side in pixels (generator.canvas_size)")
+    mo = p.add_argument_group("motion")
+    mo.add_argument("--smoothing", type=float, help="0..1 temporal smoothing (motion.smoothing)")
+    mo.add_argument("--intensity", type=float, help="0..2 expression gain for every region (motion.intensity.*)")
+    mo.add_argument("--scale-lock", action="store_true", help="ignore head distance (motion.scale_lock)")
+    out = p.add_argument_group("output")
+    out.add_argument("--no-vcam", action="store_true", help="do not open the virtual camera (output.vcam=off)")
+    out.add_argument("--vcam-backend", choices=("auto", "v4l2loopback", "unitycapture", "obs"),
+                     help="pyvirtualcam backend (vcam.backend)")
+    out.add_argument("--vcam-device", help="virtual camera device, e.g. /dev/video10 (vcam.device)")
+    out.add_argument("--no-preview", action="store_true", help="no preview window (output.preview=off)")
+    out.add_argument("--out", help="also record the output to this video file (output.video)")
+    run = p.add_argument_group("run")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="set any config key, e.g. --set motion.head_rotation=0.8 (repeatable)")
+    run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--check", action="store_true", help="self-test: camera, landmark model, virtual camera")
+    run.add_argument("--list-config", action="store_true", help="print every config key and exit")
+    run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return p
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    """Dotted config overrides from the parsed flags."""
+    o: dict = {}
+    simple = {
+        "source": "capture.source", "mirror": "capture.mirror", "avatar": "avatars.default",
+        "avatars_folder": "avatars.folder", "model": "generator.model", "checkpoint": "generator.checkpoint",
+        "backend": "generator.backend", "canvas_size": "generator.canvas_size", "smoothing": "motion.smoothing",
+        "vcam_backend": "vcam.backend", "vcam_device": "vcam.device", "out": "output.video",
+    }
+    for attr, key in simple.items():
+        value = getattr(args, attr)
+        if value is not None:
+            o[key] = value
+    if args.fast:
+        o["capture.pace"] = False
+    if args.no_crop:
+        o["generator.crop"] = False
+    if args.intensity is not None:
+        for region in ("mouth", "eyes", "brows", "face"):
+            o[f"motion.intensity.{region}"] = args.intensity
+    if args.scale_lock:
+        o["motion.scale_lock"] = True
+    if args.no_vcam:
+        o["output.vcam"] = "off"
+    if args.no_preview:
+        o["output.preview"] = "off"
+    for item in args.set:
+        key, value = parse_override(item)
+        o[key] = value
+    return o
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of run.py; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    if args.list_config:
+        for key, default, allowed, doc in documented_keys():
+            print(f"{key} = {default!r}\n    {doc}; {allowed}")
+        return 0
+    try:
+        config = load_config(args.config, overrides_from_args(args))
+        if args.check:
+            from avatarcam.selftest import run_self_test
+
+            return run_self_test(config)
+        from avatarcam.app import App
+
+        app = App(config, duration_s=args.duration, source_explicit=args.source is not None)
+        summary = app.run()
+    except FaceMimicError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"FaceMimic rendered {summary.frames_rendered} frames in {summary.seconds:.1f} s "
+          f"(outputs: {', '.join(summary.outputs) or 'none'})")
+    for note in app.notes:
+        print(f"note: {note}")
+    if summary.video_path is not None:
+        print(f"output video: {summary.video_path}")
+    return 0

