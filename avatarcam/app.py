@@ -54,7 +54,9 @@ def build_reenactor(config: Config):
         from avatarcam.reenact import MeshReenactor
 
         return MeshReenactor(
-            mesh=MeshSettings(canvas_size=g.canvas_size, grid_size=g.grid_size, mouth_interior=g.mouth_interior),
+            # A motion-field cell finer than 4 canvas pixels buys nothing but time.
+            mesh=MeshSettings(canvas_size=g.canvas_size, grid_size=min(g.grid_size, g.canvas_size // 4),
+                              mouth_interior=g.mouth_interior),
             motion=motion_settings(config),
         )
     if g.model == "fomm":

@@ -175,7 +175,9 @@ class CaptureThread:
             failures = 0
             try:
                 while not self._stop.is_set():
+                    read_start = time.perf_counter()
                     ok, image = capture.read()
+                    decode_ms = (time.perf_counter() - read_start) * 1000
                     if not ok or image is None:
                         if self.spec.kind == "file":
                             if self._loop:
@@ -202,7 +204,7 @@ class CaptureThread:
                     if self._mirror:
                         image = cv2.flip(image, 1)
                     self.frames.put(Frame(image_bgr=np.ascontiguousarray(image), index=index,
-                                          capture_time_s=time.perf_counter()))
+                                          capture_time_s=time.perf_counter(), decode_ms=decode_ms))
                     index += 1
                     self.frames_read = index
                     if self._max_frames is not None and index >= self._max_frames:

@@ -88,7 +88,8 @@ class GeneratorConfig:
     model: str = _key("mesh", "mesh: built-in landmark warp (CPU, nothing to download); fomm: First Order Motion "
                       "Model from your own checkpoint", choices=("mesh", "fomm"))
     canvas_size: int = _key(512, "side of the square avatar canvas in pixels", choices=(256, 384, 512, 768, 1024))
-    grid_size: int = _key(128, "mesh: resolution of the motion field (higher follows small details better)",
+    grid_size: int = _key(128, "mesh: resolution of the motion field (higher follows small details better; "
+                          "capped at canvas_size / 4)",
                           choices=(64, 96, 128, 160, 192))
     mouth_interior: bool = _key(True, "mesh: draw teeth and a mouth cavity when the mouth opens")
     checkpoint: str | None = _key(None, "fomm: path to vox-adv-cpk.pth.tar or vox-cpk.pth.tar")

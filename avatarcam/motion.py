@@ -32,10 +32,12 @@ MOUTH_OPEN_REFUSE = 0.12
 EYE_CLOSED_REFUSE = 0.55
 # Soft limits of head motion (see _soft_limit): rotation angle, movement in face sizes, zoom as log-scale.
 MAX_ROTATION_DEG = 32.0
-SILHOUETTE_DEPTH_PERCENTILE = 70
-SILHOUETTE_DEPTH_KEEP = 0.25
+SILHOUETTE_DEPTH_PERCENTILE = 80
+SILHOUETTE_DEPTH_KEEP = 0.5
 # Depth of the head's centre of rotation behind the face surface, in face sizes.
 PIVOT_DEPTH_FACES = 0.55
+# One Euro speed coefficient (per pixel per second): fast moves such as blinks pass with little lag.
+SMOOTHING_BETA = 0.1
 MAX_SHIFT_FACES = 0.22
 MAX_LOG_SCALE = 0.18
 
@@ -273,7 +275,7 @@ class MotionTransfer:
             return None
         # Map 0..1 onto a useful One Euro range: min cutoff 8 Hz (light) .. 0.4 Hz (heavy).
         min_cutoff = 8.0 * (0.05 ** s)
-        return OneEuroFilter(min_cutoff_hz=min_cutoff, beta=0.02, derivative_cutoff_hz=1.0)
+        return OneEuroFilter(min_cutoff_hz=min_cutoff, beta=SMOOTHING_BETA, derivative_cutoff_hz=1.0)
 
     def update_settings(self, settings: MotionSettings) -> None:
         """Apply new user settings (smoothing changes restart the filter)."""

@@ -319,7 +319,7 @@ class RenderWorker(Worker):
             avatar, prepared = entries[self._avatar_index % len(entries)]
             start = time.perf_counter()
             now_s = observed.frame.capture_time_s
-            stage_ms = {"landmarks": observed.landmarks_ms}
+            stage_ms = {"decode": observed.frame.decode_ms, "landmarks": observed.landmarks_ms}
             out = self._buffers[self._next_buffer]
             try:
                 if self._neutral is None:

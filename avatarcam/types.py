@@ -17,6 +17,8 @@ class Frame:
     """0-based position in the source (files: the frame number; cameras: a running count)."""
     capture_time_s: float
     """time.perf_counter() when the frame was read from the device."""
+    decode_ms: float = 0.0
+    """How long reading and decoding the frame took."""
 
 
 @dataclass(frozen=True)

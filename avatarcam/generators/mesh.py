@@ -127,8 +127,10 @@ class MeshGenerator:
         system[n, :n] = 1.0
         system[n + 1:, :n] = control.T
         inverse = np.linalg.inv(system)[:, :n]  # maps control values to spline coefficients
+        # The grid side is large (G*G x N): squared distances by expansion and float32 keep this well under a second.
         grid = self._grid_px.reshape(-1, 2).astype(np.float64) / size
-        g2 = ((grid[:, None, :] - control[None, :, :]) ** 2).sum(-1)
+        g2 = (grid**2).sum(1)[:, None] + (control**2).sum(1)[None, :] - 2.0 * grid @ control.T
+        np.maximum(g2, 0.0, out=g2)
         basis = np.concatenate([_tps_kernel(g2), np.ones((len(grid), 1)), grid], 1)
         weights = (basis @ inverse).astype(np.float32)
         return PreparedMesh(

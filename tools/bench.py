@@ -1,0 +1,165 @@
+"""Benchmark the live pipeline on a fixture clip: per-stage and end-to-end latency, fps, drops, memory.
+
+    python tools/bench.py --json OUT.json [--sizes 256 512] [--seconds 12] [--camera-fps 30]
+
+The clip is played as a simulated camera at --camera-fps (latest frame wins, as with a real webcam) through the
+real capture thread, MediaPipe landmarks, motion transfer, the mesh generator, composition into the 1280x720
+camera frame and a sink that copies the frame out. Each canvas size runs in its own process, so peak memory is
+per configuration. A second run per size feeds a 60 fps camera to measure the most frames per second the
+pipeline can make (a faster feed only spends CPU on decoding frames that would be dropped).
+The JSON's top level holds the default configuration (512); "runs" holds every configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+STAGES = ("decode", "landmarks", "motion", "generate", "compose", "output")
+THROUGHPUT_CAMERA_FPS = 60.0
+DEFAULT_CLIP = ROOT / "avatarcam" / "samples" / "driver.mp4"
+DEFAULT_AVATAR = ROOT / "avatars" / "astronaut.png"
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    import numpy as np
+
+    if not values:
+        return {"p50": float("nan"), "p95": float("nan")}
+    a = np.asarray(values, np.float64)
+    return {"p50": round(float(np.percentile(a, 50)), 2), "p95": round(float(np.percentile(a, 95)), 2)}
+
+
+def run_one(size: int, seconds: float, camera_fps: float, clip: Path, avatar_path: Path) -> dict:
+    """One configuration, in this process: returns the measurements."""
+    import numpy as np
+
+    from avatarcam.app import build_reenactor, landmark_model_path
+    from avatarcam.avatars import load_avatar
+    from avatarcam.capture import CaptureThread, SourceSpec
+    from avatarcam.config import load_config
+    from avatarcam.landmarks import FaceLandmarker
+    from avatarcam.motion import Calibrator
+    from avatarcam.pipeline import AvatarStore, LandmarkWorker, RenderWorker
+    from avatarcam.vcam import FrameComposer
+
+    config = load_config(None, {"generator.canvas_size": size})
+    model_path = landmark_model_path(config)
+    reenactor = build_reenactor(config)
+    store = AvatarStore(ROOT / "avatars", lambda: FaceLandmarker(model_path=model_path, mode="image"), reenactor)
+    prepare_start = time.perf_counter()
+    store.load_first(avatar_path)
+    prepare_ms = (time.perf_counter() - prepare_start) * 1000
+    paced = camera_fps > 0
+    capture = CaptureThread(SourceSpec("file", str(clip)), pace=paced, pace_fps=camera_fps or None, loop=True)
+    landmarker = FaceLandmarker(model_path=model_path, mode="video")
+    landmarks = LandmarkWorker(capture.frames, landmarker)
+    worker = RenderWorker(landmarks.observed, reenactor, store, Calibrator(window_s=0.0, strict=False))
+    composer = FrameComposer(width=1280, height=720, mode="fit", background="blur")
+    sink = np.zeros((720, 1280, 3), np.uint8)
+    stage = {name: [] for name in STAGES}
+    latency, done_times = [], []
+    capture.start()
+    landmarks.start()
+    worker.start()
+    warmup_s = 2.0
+    start = time.perf_counter()
+    measuring_from = start + warmup_s
+    captured_at_start = rendered_at_start = None
+    seq = 0
+    while time.perf_counter() - start < seconds + warmup_s:
+        seq, rendered = worker.rendered.get(seq, timeout_s=0.5)
+        if rendered is None:
+            continue
+        t0 = time.perf_counter()
+        frame = composer.compose(rendered.canvas_bgr)
+        t1 = time.perf_counter()
+        np.copyto(sink, frame)  # the virtual camera's send: one copy of the frame into the device buffer
+        t2 = time.perf_counter()
+        if t0 < measuring_from:
+            continue
+        if captured_at_start is None:
+            captured_at_start, rendered_at_start = capture.frames_read, worker.frames_rendered
+        for name in ("decode", "landmarks", "motion", "generate"):
+            stage[name].append(rendered.stage_ms.get(name, 0.0))
+        stage["compose"].append((t1 - t0) * 1000)
+        stage["output"].append((t2 - t1) * 1000)
+        latency.append((t2 - rendered.frame.capture_time_s) * 1000)
+        done_times.append(t2)
+    elapsed = done_times[-1] - done_times[0] if len(done_times) > 1 else float("nan")
+    captured = capture.frames_read - (captured_at_start or 0)
+    rendered_count = worker.frames_rendered - (rendered_at_start or 0)
+    capture.stop()
+    landmarks.stop()
+    worker.stop()
+    landmarker.close()
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "canvas": size,
+        "camera_fps": camera_fps if paced else None,
+        "fps": round((len(done_times) - 1) / elapsed, 2) if len(done_times) > 1 else 0.0,
+        "latency_ms": percentiles(latency),
+        "dropped_frames": int(max(0, captured - rendered_count)) if paced else None,
+        "frames_output": len(done_times),
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "stages": {name: percentiles(values) for name, values in stage.items()},
+        "avatar_prepare_ms": round(prepare_ms, 1),
+        "render_failures": worker.render_failures,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 256])
+    parser.add_argument("--seconds", type=float, default=12.0, help="measured seconds per run (after 2 s warm-up)")
+    parser.add_argument("--camera-fps", type=float, default=30.0, help="simulated camera rate")
+    parser.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
+    parser.add_argument("--avatar", type=Path, default=DEFAULT_AVATAR)
+    parser.add_argument("--no-throughput", action="store_true", help="skip the 60 fps maximum-throughput runs")
+    parser.add_argument("--child", nargs=2, metavar=("SIZE", "CAMERA_FPS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        result = run_one(int(args.child[0]), args.seconds, float(args.child[1]), args.clip, args.avatar)
+        print("RESULT " + json.dumps(result))
+        return 0
+    runs = []
+    for size in args.sizes:
+        for camera_fps in ([args.camera_fps] + ([] if args.no_throughput else [THROUGHPUT_CAMERA_FPS])):
+            cmd = [sys.executable, __file__, "--child", str(size), str(camera_fps), "--seconds", str(args.seconds),
+                   "--clip", str(args.clip), "--avatar", str(args.avatar)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "GLOG_minloglevel": "2"})
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                return 1
+            run = json.loads(line[len("RESULT "):])
+            runs.append(run)
+            mode = f"camera {camera_fps:g} fps"
+            stages = "  ".join(f"{k} {v['p50']:.1f}/{v['p95']:.1f}" for k, v in run["stages"].items())
+            print(f"{size:4d}px {mode:>14}: {run['fps']:6.1f} fps  latency p50 {run['latency_ms']['p50']:.1f} "
+                  f"p95 {run['latency_ms']['p95']:.1f} ms  dropped {run['dropped_frames']}  "
+                  f"peak {run['peak_rss_mb']:.0f} MB\n        stages p50/p95 ms: {stages}", flush=True)
+    default = next(r for r in runs if r["canvas"] == args.sizes[0] and r["camera_fps"] == args.camera_fps)
+    throughput = {r["canvas"]: r["fps"] for r in runs if r["camera_fps"] == THROUGHPUT_CAMERA_FPS}
+    report = {**default, "max_fps": throughput, "runs": runs,
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
