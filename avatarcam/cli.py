@@ -20,7 +20,7 @@ examples:
   python run.py --list-config                     every config.yaml key with its default and allowed values
 
 Hotkeys (global, work while the call app has focus): Ctrl+Alt+1..9 avatar, Ctrl+Alt+N/P next/previous,
-Ctrl+Alt+C recalibrate, Ctrl+Alt+T passthrough, Ctrl+Alt+Z freeze; see README for the full table.
+Ctrl+Alt+C recalibrate, Ctrl+Alt+0 passthrough, Ctrl+Alt+F freeze; see README for the full table.
 """
 
 
