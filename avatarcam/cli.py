@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from avatarcam.config import documented_keys, load_config, parse_override
@@ -100,6 +101,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of run.py; returns the process exit code."""
+    # OpenCV prints backend probing noise and MediaPipe its graph set-up; our own messages say what matters.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("GLOG_minloglevel", "2")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
