@@ -150,6 +150,7 @@ class App:
         self.store: AvatarStore | None = None
         self.capture: CaptureThread | None = None
         self.notes: list[str] = []
+        self.inbox = None
 
     # -- commands from hotkeys and the preview window (any thread)
 
@@ -221,7 +222,7 @@ class App:
 
     def run(self) -> RunSummary:
         """Run until quit, the end of a non-looping video, or duration_s; returns a summary."""
-        from avatarcam.hotkeys import GlobalHotkeyListener, parse_global_bindings, parse_preview_bindings
+        from avatarcam.hotkeys import CommandInbox, GlobalHotkeyListener, parse_global_bindings, parse_preview_bindings
         from avatarcam.preview import PreviewOverlay, PreviewStatus, PreviewWindow, has_display
 
         config = self.config
@@ -272,7 +273,11 @@ class App:
         for publisher_factory in outputs["publishers"]:
             publishers.append(publisher_factory(first_frame))
         preview = PreviewWindow(bindings=preview_bindings) if want_preview else None
-        hotkeys = GlobalHotkeyListener(global_bindings, self.handle) if config.hotkeys.enabled else None
+        # Global combos and preview keys meet in one inbox, which drops the copy a focused preview also sees.
+        inbox = CommandInbox()
+        self.inbox = inbox
+        hotkeys = GlobalHotkeyListener(global_bindings, lambda c: inbox.put(c, source="global")) \
+            if config.hotkeys.enabled else None
         if hotkeys is not None and not hotkeys.start() and hotkeys.note:
             self.notes.append(f"global hotkeys off: {hotkeys.note}")
 
@@ -307,7 +312,11 @@ class App:
                     if self.show_overlay and shown.frame is not None:
                         overlay = PreviewOverlay(driver_bgr=shown.frame.image_bgr)
                     for command in preview.show(shown.canvas_bgr, status=status, overlay=overlay):
-                        self.handle(command)
+                        inbox.put(command, source="preview")
+                for command in inbox.drain():
+                    self.handle(command)
+                if hotkeys is not None:
+                    hotkeys.raise_if_failed()
                 for w in workers:
                     w.raise_if_failed()
                 for publisher in publishers:
