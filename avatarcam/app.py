@@ -263,7 +263,10 @@ class App:
             log.info("expression intensity: %s", ", ".join(f"{k} {v:.1f}" for k, v in settings.intensity.items()))
 
         worker = RenderWorker(landmark_worker.observed, reenactor, store,
-                              Calibrator(window_s=config.calibration.window_s, strict=config.calibration.strict),
+                              # A recorded driver cannot be asked to close its mouth: files calibrate on the
+                              # first frames as they are, like tools/render.py; live cameras wait for a rest pose.
+                              Calibrator(window_s=config.calibration.window_s if spec.live else 0.0,
+                                         strict=config.calibration.strict and spec.live),
                               start_avatar=start_index,
                               on_intensity=on_intensity if hasattr(reenactor, "motion") else None)
         self.render_worker = worker

@@ -53,8 +53,9 @@ class LandmarksConfig:
 class CalibrationConfig:
     """Neutral-pose calibration."""
 
-    window_s: float = _key(0.3, "seconds of frames averaged into the neutral pose", low=0.0, high=5.0)
-    strict: bool = _key(True, "refuse to calibrate while the driver blinks or has the mouth open")
+    window_s: float = _key(0.3, "seconds of frames averaged into the neutral pose (cameras; video files use their "
+                           "first frame)", low=0.0, high=5.0)
+    strict: bool = _key(True, "refuse to calibrate while the driver blinks or has the mouth open (cameras)")
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,8 @@ def _coerce(path: str, f: dataclasses.Field, value: Any, hints: dict) -> Any:
         elif target is str:
             if isinstance(value, (dict, list)):
                 raise ValueError
+            if isinstance(value, bool) and meta.get("choices") and "on" in meta["choices"]:
+                value = "on" if value else "off"  # YAML reads a bare on/off as a boolean
             value = str(value)
         elif target is dict or origin is dict:
             if not isinstance(value, dict):

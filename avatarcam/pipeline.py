@@ -166,6 +166,8 @@ class AvatarStore:
         self.skipped: list[str] = []
         self.loading = threading.Event()
         self.loaded = threading.Event()
+        self.version = 0
+        """Incremented whenever the list of avatars changes."""
         self._thread: threading.Thread | None = None
 
     def load_first(self, path: Path) -> tuple[Avatar, Any]:
@@ -175,6 +177,7 @@ class AvatarStore:
         entry = (avatar, self._reenactor.prepare(avatar))
         with self._lock:
             self._entries = [entry]
+            self.version += 1
         return entry
 
     def reload(self) -> None:
@@ -209,6 +212,7 @@ class AvatarStore:
             with self._lock:
                 self._entries = entries or self._entries
                 self.skipped = skipped
+                self.version += 1
             log.info("avatars ready: %s", ", ".join(a.name for a, _ in entries) or "none")
         finally:
             self.loading.clear()
@@ -303,8 +307,17 @@ class RenderWorker(Worker):
         seq = 0
         failures = 0
         self._switch_issued_s = None
+        self._seen_version = self.avatars.version
+        self._shown_name = None
         while not self._stop.is_set():
             seq, observed = self.observed.get(seq, timeout_s=0.1)
+            if self.avatars.version != self._seen_version:
+                # The list changed (background load or reload): stay on the avatar being shown. This runs before
+                # the commands, so a switch asked for now is applied to the new list.
+                self._seen_version = self.avatars.version
+                names = [a.name for a, _ in self.avatars.entries()]
+                if self._shown_name in names:
+                    self._avatar_index = names.index(self._shown_name)
             while True:
                 try:
                     command, issued_s = self.commands.get_nowait()
@@ -317,6 +330,7 @@ class RenderWorker(Worker):
             if not entries:
                 continue
             avatar, prepared = entries[self._avatar_index % len(entries)]
+            self._shown_name = avatar.name
             start = time.perf_counter()
             now_s = observed.frame.capture_time_s
             stage_ms = {"decode": observed.frame.decode_ms, "landmarks": observed.landmarks_ms}
@@ -327,6 +341,7 @@ class RenderWorker(Worker):
                     if window:
                         self._neutral = self.reenactor.neutral_from(window)
                         self.reenactor.reset()
+                        log.info("calibrated: neutral pose taken from %d frame(s)", len(window))
                 if self.passthrough:
                     passthrough_canvas(observed.frame.image_bgr, out)
                     stage_ms["generate"] = (time.perf_counter() - start) * 1000

@@ -65,3 +65,9 @@ def test_set_override_parsing():
     assert parse_override("capture.mirror=false") == ("capture.mirror", False)
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_override("motion.smoothing")
+
+
+def test_yaml_on_off_words_work_for_switch_keys():
+    config = load_config(None, {"output.preview": parse_override("output.preview=on")[1],
+                                "output.vcam": parse_override("output.vcam=off")[1]})
+    assert (config.output.preview, config.output.vcam) == ("on", "off")

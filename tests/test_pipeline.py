@@ -31,6 +31,7 @@ def live(model_path):
     worker = RenderWorker(landmarks.observed, reenactor, store, Calibrator(window_s=0.2, strict=False))
     for part in (capture, landmarks, worker):
         part.start()
+    assert store.loaded.wait(60)  # measure the steady state, after the background preparation
     yield {"worker": worker, "store": store, "capture": capture, "landmarks": landmarks}
     for part in (capture, landmarks, worker):
         part.stop()
@@ -47,6 +48,7 @@ def test_frames_flow_calibrate_and_use_two_buffers(live):
     worker = live["worker"]
     seq, first = _next(worker, 0)
     buffers, latencies = set(), []
+    start_count = worker.frames_rendered
     deadline = time.time() + 3
     while time.time() < deadline:
         seq, rendered = _next(worker, seq)
@@ -56,7 +58,7 @@ def test_frames_flow_calibrate_and_use_two_buffers(live):
         assert rendered.canvas_bgr.max() > 50  # never a black frame
     assert worker.calibrated and rendered.calibration == "calibrated"
     assert len(buffers) == 2  # double buffering: two canvases alternate, nothing new per frame
-    assert worker.frames_rendered >= 40  # the clip runs at 25 fps
+    assert worker.frames_rendered - start_count >= 50  # the clip runs at 25 fps: 75 frames in 3 s
     assert np.median(latencies) < 250
     assert set(rendered.stage_ms) >= {"decode", "landmarks", "motion", "generate"}
 
