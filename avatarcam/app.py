@@ -53,17 +53,34 @@ def build_reenactor(config: Config):
         from avatarcam.generators.mesh import MeshSettings
         from avatarcam.reenact import MeshReenactor
 
-        return MeshReenactor(
-            # A motion-field cell finer than 4 canvas pixels buys nothing but time.
-            mesh=MeshSettings(canvas_size=g.canvas_size, grid_size=min(g.grid_size, g.canvas_size // 4),
-                              mouth_interior=g.mouth_interior),
-            motion=motion_settings(config),
-        )
+        # A motion-field cell finer than 4 canvas pixels buys nothing but time.
+        mesh = MeshSettings(canvas_size=g.canvas_size, grid_size=min(g.grid_size, g.canvas_size // 4),
+                            mouth_interior=g.mouth_interior)
+        return MeshReenactor(mesh=mesh, motion=motion_settings(config), warp_runner=mesh_warp_runner(g.backend, mesh))
     if g.model == "fomm":
         from avatarcam.generators.fomm import build_fomm_reenactor
 
         return build_fomm_reenactor(config)
     raise ConfigError(f"generator.model {g.model!r} is not one of mesh, fomm")
+
+
+def mesh_warp_runner(backend: str, mesh):
+    """An open MeshWarpRunner for a GPU runtime or a runtime asked for by name; None for the numpy/cv2 CPU path."""
+    if backend == "auto":
+        from avatarcam.backends import detect_hardware
+
+        hardware = detect_hardware()
+        if not hardware.cuda_available:
+            log.info("mesh warp: numpy/cv2 on the CPU (no CUDA device; the fastest CPU path)")
+            return None
+    from avatarcam.generators.mesh_torch import MeshWarpRunner
+
+    runner = MeshWarpRunner(requested=backend, settings=mesh).open()
+    if backend == "auto" and runner.device == "cpu":  # no GPU runtime opened: the CPU path is faster
+        runner.close()
+        return None
+    log.info("mesh warp: %s", runner.label)
+    return runner
 
 
 def landmark_model_path(config: Config) -> Path:
@@ -344,6 +361,8 @@ class App:
             if preview is not None:
                 preview.close()
             landmarker.close()
+            if hasattr(reenactor, "close"):
+                reenactor.close()
         self.summary = RunSummary(
             frames_rendered=worker.frames_rendered, frames_captured=capture.frames_read,
             video_path=outputs["video_path"], outputs=tuple(outputs["names"]) + (("preview",) if preview else ()),

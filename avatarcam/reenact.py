@@ -42,8 +42,8 @@ class MeshReenactor:
 
     name = "mesh"
 
-    def __init__(self, *, mesh: MeshSettings | None = None, motion: MotionSettings | None = None):
-        self.generator = MeshGenerator(mesh)
+    def __init__(self, *, mesh: MeshSettings | None = None, motion: MotionSettings | None = None, warp_runner=None):
+        self.generator = MeshGenerator(mesh, warp_runner=warp_runner)
         self.motion = MotionTransfer(motion)
         self.canvas_size = self.generator.settings.canvas_size
 
@@ -71,3 +71,15 @@ class MeshReenactor:
     def reset(self) -> None:
         """Restart smoothing and the lost-face timer."""
         self.motion.reset()
+
+    @property
+    def runtime(self) -> str:
+        """Where the warp runs: 'numpy/cv2 (CPU)' or the backend runner's label."""
+        runner = self.generator.warp_runner
+        return "numpy/cv2 (CPU)" if runner is None else runner.label
+
+    def close(self) -> None:
+        """Release the warp runtime, if one is open."""
+        if self.generator.warp_runner is not None:
+            self.generator.warp_runner.close()
+            self.generator.warp_runner = None

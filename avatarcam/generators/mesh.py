@@ -80,8 +80,11 @@ def _scaled_polygon(points: np.ndarray, center: np.ndarray, scale_x: float, scal
 class MeshGenerator:
     """Warps a prepared avatar to driven landmarks; CPU only, no downloads, real time at 512x512."""
 
-    def __init__(self, settings: MeshSettings | None = None):
+    def __init__(self, settings: MeshSettings | None = None, *, warp_runner=None):
         self.settings = settings or MeshSettings()
+        # An open MeshWarpRunner (mesh_torch.py) runs the warp on a GPU runtime; None keeps the numpy/cv2 path,
+        # which is the fastest on CPU (tools/bench_backends.py).
+        self.warp_runner = warp_runner
         size, grid = self.settings.canvas_size, self.settings.grid_size
         centers = (np.arange(grid, dtype=np.float32) + 0.5) * size / grid - 0.5
         gx, gy = np.meshgrid(centers, centers)
@@ -112,7 +115,7 @@ class MeshGenerator:
         rings3 = np.concatenate([rings, ring_z[:, None]], 1).astype(np.float32)
         ring_motion = np.concatenate([head_motion, outer_motion]).astype(np.float32)
         jaw_follow = np.concatenate([np.where(below_chin, 0.75, 0.0), np.where(below_chin, 0.2, 0.0)])
-        edge = np.linspace(-0.1 * size, 1.1 * size, 9)
+        edge = np.linspace(-0.1 * size, 1.1 * size, BORDER_POINTS_PER_SIDE)
         border = np.array(
             [(x, -0.1 * size) for x in edge] + [(x, 1.1 * size) for x in edge]
             + [(-0.1 * size, y) for y in edge[1:-1]] + [(1.1 * size, y) for y in edge[1:-1]], np.float32,
@@ -175,7 +178,7 @@ class MeshGenerator:
             a21 = sample(dfy_dx)
             a22 = 1.0 + sample(dfy_dy)
             det = a11 * a22 - a12 * a21
-            ok = det > 0.05  # where the forward map folds or collapses, keep the damped estimate
+            ok = det > NEWTON_MIN_DET  # where the forward map folds or collapses, keep the damped estimate
             inv_det = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
             step_x = (a22 * rx - a12 * ry) * inv_det
             step_y = (a11 * ry - a21 * rx) * inv_det
@@ -197,18 +200,25 @@ class MeshGenerator:
     def generate(self, prepared: PreparedMesh, driven: DrivenFace, out: np.ndarray | None = None) -> np.ndarray:
         """The (S, S, 3) uint8 BGR avatar canvas posed as `driven`; written into `out` when given."""
         size = self.settings.canvas_size
-        map_x, map_y = self.backward_maps(prepared, driven)
-        full_x = cv2.resize(map_x, (size, size), interpolation=cv2.INTER_LINEAR)
-        full_y = cv2.resize(map_y, (size, size), interpolation=cv2.INTER_LINEAR)
         if out is None:
             out = np.empty((size, size, 3), np.uint8)
-        cv2.remap(prepared.image_bgr, full_x, full_y, cv2.INTER_LINEAR, dst=out, borderMode=cv2.BORDER_REPLICATE)
+        if self.warp_runner is not None:
+            self.warp_runner.warp(prepared=prepared, displacements=self.control_displacements(prepared, driven),
+                                  out_bgr_uint8=out)
+        else:
+            map_x, map_y = self.backward_maps(prepared, driven)
+            full_x = cv2.resize(map_x, (size, size), interpolation=cv2.INTER_LINEAR)
+            full_y = cv2.resize(map_y, (size, size), interpolation=cv2.INTER_LINEAR)
+            cv2.remap(prepared.image_bgr, full_x, full_y, cv2.INTER_LINEAR, dst=out,
+                      borderMode=cv2.BORDER_REPLICATE)
         if self.settings.mouth_interior:
             draw_mouth_interior(out, driven.points[_INNER_LIPS], prepared.mouth_palette, prepared.rest_mouth_gap)
         return out
 
 
 FOLD_DET = 0.3
+BORDER_POINTS_PER_SIDE = 9
+NEWTON_MIN_DET = 0.05
 UNFOLD_PASSES = 6
 
 
