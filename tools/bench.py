@@ -40,7 +40,17 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": round(float(np.percentile(a, 50)), 2), "p95": round(float(np.percentile(a, 95)), 2)}
 
 
-def run_one(size: int, seconds: float, camera_fps: float, clip: Path, avatar_path: Path) -> dict:
+def current_rss_mb() -> float:
+    """Resident memory now (Linux /proc; falls back to the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_one(size: int, seconds: float, camera_fps: float, clip: Path, avatar_path: Path,
+            backend: str = "auto") -> dict:
     """One configuration, in this process: returns the measurements."""
     import numpy as np
 
@@ -53,7 +63,7 @@ def run_one(size: int, seconds: float, camera_fps: float, clip: Path, avatar_pat
     from avatarcam.pipeline import AvatarStore, LandmarkWorker, RenderWorker
     from avatarcam.vcam import FrameComposer
 
-    config = load_config(None, {"generator.canvas_size": size})
+    config = load_config(None, {"generator.canvas_size": size, "generator.backend": backend})
     model_path = landmark_model_path(config)
     reenactor = build_reenactor(config)
     store = AvatarStore(ROOT / "avatars", lambda: FaceLandmarker(model_path=model_path, mode="image"), reenactor)
@@ -90,6 +100,7 @@ def run_one(size: int, seconds: float, camera_fps: float, clip: Path, avatar_pat
             continue
         if captured_at_start is None:
             captured_at_start, rendered_at_start = capture.frames_read, worker.frames_rendered
+            rss_start_mb = current_rss_mb()
         for name in ("decode", "landmarks", "motion", "generate"):
             stage[name].append(rendered.stage_ms.get(name, 0.0))
         stage["compose"].append((t1 - t0) * 1000)
@@ -103,6 +114,7 @@ def run_one(size: int, seconds: float, camera_fps: float, clip: Path, avatar_pat
     landmarks.stop()
     worker.stop()
     landmarker.close()
+    rss_end_mb = current_rss_mb()
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "canvas": size,
@@ -114,6 +126,9 @@ def run_one(size: int, seconds: float, camera_fps: float, clip: Path, avatar_pat
         "peak_rss_mb": round(peak_kb / 1024, 1),
         "stages": {name: percentiles(values) for name, values in stage.items()},
         "avatar_prepare_ms": round(prepare_ms, 1),
+        "rss_growth_mb": round(rss_end_mb - rss_start_mb, 1),
+        "backend": backend,
+        "runtime": getattr(reenactor, "runtime", reenactor.name),
         "render_failures": worker.render_failures,
     }
 
@@ -127,31 +142,41 @@ def main() -> int:
     parser.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
     parser.add_argument("--avatar", type=Path, default=DEFAULT_AVATAR)
     parser.add_argument("--no-throughput", action="store_true", help="skip the 60 fps maximum-throughput runs")
-    parser.add_argument("--child", nargs=2, metavar=("SIZE", "CAMERA_FPS"), help=argparse.SUPPRESS)
+    parser.add_argument("--backend", nargs="+", default=["auto"],
+                        choices=("auto", "tensorrt", "onnxruntime", "torch"),
+                        help="generator runtimes to compare (auto = the fastest on this machine)")
+    parser.add_argument("--child", nargs=3, metavar=("SIZE", "CAMERA_FPS", "BACKEND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = run_one(int(args.child[0]), args.seconds, float(args.child[1]), args.clip, args.avatar)
+        result = run_one(int(args.child[0]), args.seconds, float(args.child[1]), args.clip, args.avatar,
+                         args.child[2])
         print("RESULT " + json.dumps(result))
         return 0
     runs = []
-    for size in args.sizes:
-        for camera_fps in ([args.camera_fps] + ([] if args.no_throughput else [THROUGHPUT_CAMERA_FPS])):
-            cmd = [sys.executable, __file__, "--child", str(size), str(camera_fps), "--seconds", str(args.seconds),
-                   "--clip", str(args.clip), "--avatar", str(args.avatar)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "GLOG_minloglevel": "2"})
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                return 1
-            run = json.loads(line[len("RESULT "):])
-            runs.append(run)
-            mode = f"camera {camera_fps:g} fps"
-            stages = "  ".join(f"{k} {v['p50']:.1f}/{v['p95']:.1f}" for k, v in run["stages"].items())
-            print(f"{size:4d}px {mode:>14}: {run['fps']:6.1f} fps  latency p50 {run['latency_ms']['p50']:.1f} "
-                  f"p95 {run['latency_ms']['p95']:.1f} ms  dropped {run['dropped_frames']}  "
-                  f"peak {run['peak_rss_mb']:.0f} MB\n        stages p50/p95 ms: {stages}", flush=True)
+    plan = [(size, fps, "auto") for size in args.sizes
+            for fps in [args.camera_fps] + ([] if args.no_throughput else [THROUGHPUT_CAMERA_FPS])]
+    plan += [(size, args.camera_fps, b) for b in args.backend if b != "auto" for size in args.sizes]
+    if "auto" not in args.backend:
+        plan = [(size, args.camera_fps, "auto") for size in args.sizes[:1]] + [p for p in plan if p[2] != "auto"]
+    for size, camera_fps, backend in plan:
+        cmd = [sys.executable, __file__, "--child", str(size), str(camera_fps), backend,
+               "--seconds", str(args.seconds), "--clip", str(args.clip), "--avatar", str(args.avatar)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "GLOG_minloglevel": "2"})
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            return 1
+        run = json.loads(line[len("RESULT "):])
+        runs.append(run)
+        mode = f"camera {camera_fps:g} fps, {run['runtime']}"
+        stages = "  ".join(f"{k} {v['p50']:.1f}/{v['p95']:.1f}" for k, v in run["stages"].items())
+        print(f"{size:4d}px {mode:>14}: {run['fps']:6.1f} fps  latency p50 {run['latency_ms']['p50']:.1f} "
+              f"p95 {run['latency_ms']['p95']:.1f} ms  dropped {run['dropped_frames']}  "
+              f"peak {run['peak_rss_mb']:.0f} MB (+{run['rss_growth_mb']:.1f} MB while running)\n"
+              f"        stages p50/p95 ms: {stages}", flush=True)
     default = next(r for r in runs if r["canvas"] == args.sizes[0] and r["camera_fps"] == args.camera_fps)
-    throughput = {r["canvas"]: r["fps"] for r in runs if r["camera_fps"] == THROUGHPUT_CAMERA_FPS}
+    throughput = {r["canvas"]: r["fps"] for r in runs
+                  if r["camera_fps"] == THROUGHPUT_CAMERA_FPS and r["backend"] == "auto"}
     report = {**default, "max_fps": throughput, "runs": runs,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}}
     if args.json:

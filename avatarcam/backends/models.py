@@ -76,11 +76,11 @@ class ExportRecipe:
 
 
 EXPORTABLE_MODELS: dict[str, str | RecipeFactory] = {
-    # One line per model: "name": "package.module:function returning ExportRecipe". Examples, once they exist:
-    # "mesh_warp": "avatarcam.generators.mesh:export_recipe",
-    # "fomm_kp_detector": "avatarcam.generators.fomm:kp_detector_recipe",
-    # "fomm_avatar_encoder": "avatarcam.generators.fomm:avatar_encoder_recipe",
-    # "fomm_generator": "avatarcam.generators.fomm:generator_recipe",
+    # One line per model: "name": "package.module:function returning ExportRecipe".
+    "mesh_warp": "avatarcam.generators.mesh_torch:export_recipe",
+    "fomm_kp_detector": "avatarcam.generators.fomm_export:kp_detector_recipe",
+    "fomm_source_encoder": "avatarcam.generators.fomm_export:source_encoder_recipe",
+    "fomm_frame_generator": "avatarcam.generators.fomm_export:frame_generator_recipe",
 }
 """Every model tools/export_onnx.py can export, by name."""
 
