@@ -195,8 +195,15 @@ class App:
             log.info("best match needs a face in view")
             return
         from avatarcam.matching import best_matching_avatar
+        from avatarcam.types import Observed
 
-        index = best_matching_avatar(last.face, [a for a, _ in self.store.entries()])
+        entries = self.store.entries()
+        reenactor = worker.reenactor
+        if hasattr(reenactor, "best_match"):  # FOMM ranks avatars by keypoints, as Avatarify does
+            index = reenactor.best_match([p for _, p in entries], Observed(frame=last.frame, face=last.face))
+        else:
+            index = best_matching_avatar(last.face, [a for a, _ in entries])
+        log.info("best match: %s", entries[index][0].name if index is not None else "none")
         if index is not None and index < 9:
             worker.submit(list(Command)[index])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -59,12 +60,12 @@ class Progress:
 
 
 def open_writer(out_path: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
-    """An mp4 (or avi) writer for (width, height) frames; a clear error when the codec or folder is unusable."""
+    """An mp4, avi or lossless mkv (FFV1) writer for (width, height) frames; a clear error when unusable."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fourcc = cv2.VideoWriter_fourcc(*("MJPG" if out_path.suffix.lower() == ".avi" else "mp4v"))
-    writer = cv2.VideoWriter(str(out_path), fourcc, fps, size)
+    codec = {".avi": "MJPG", ".mkv": "FFV1"}.get(out_path.suffix.lower(), "mp4v")
+    writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*codec), fps, size)
     if not writer.isOpened():
-        raise DeviceError(f"cannot write video {out_path}: use a .mp4 or .avi name in a writable folder")
+        raise DeviceError(f"cannot write video {out_path}: use a .mp4, .avi or .mkv name in a writable folder")
     return writer
 
 
@@ -76,10 +77,12 @@ def side_by_side(driver_bgr: np.ndarray, canvas_bgr: np.ndarray) -> np.ndarray:
     return np.hstack([driver, canvas_bgr])
 
 
-def neutral_face_at(driver_path: str, index: int, model_path: Path):
-    """Landmarks of driver frame `index` (the neutral frame), with an error when it has no face."""
+def neutral_face_at(driver_path: str, index: int, model_path: Path, *, require_face: bool = True):
+    """Landmarks of driver frame `index` (the neutral frame), with an error when it has no face and one is required."""
     for i, frame in enumerate(iter_frames(driver_path)):
         if i == index:
+            if not require_face:
+                return Observed(frame=Frame(frame, i, 0.0), face=None)
             with FaceLandmarker(model_path=model_path, mode="image") as landmarker:
                 face = landmarker.detect(frame)
             if face is None:
@@ -93,7 +96,9 @@ def render_video(driver_path: str, avatar: Avatar, prepared, reenactor: Reenacto
                  model_path: Path, neutral_frame: int = 0, sbs: bool = False, progress: bool = True) -> RenderReport:
     """Render every driver frame in order; nothing is dropped or duplicated."""
     count, fps, _ = file_info(driver_path)
-    neutral_obs = neutral_face_at(driver_path, neutral_frame, model_path)
+    # A reenactor that does not use landmarks (FOMM without cropping) needs no face, so MediaPipe is not run.
+    needs_landmarks = getattr(reenactor, "needs_landmarks", True)
+    neutral_obs = neutral_face_at(driver_path, neutral_frame, model_path, require_face=needs_landmarks)
     neutral = reenactor.neutral_from([neutral_obs])
     reenactor.reset()
     size = reenactor.canvas_size
@@ -103,12 +108,13 @@ def render_video(driver_path: str, avatar: Avatar, prepared, reenactor: Reenacto
     start = time.perf_counter()
     faces = 0
     written = 0
-    with FaceLandmarker(model_path=model_path, mode="video") as landmarker:
+    landmarks = FaceLandmarker(model_path=model_path, mode="video") if needs_landmarks else contextlib.nullcontext()
+    with landmarks as landmarker:
         try:
             for t, frame_bgr in enumerate(iter_frames(driver_path)):
                 time_s = t / fps
                 try:
-                    face = landmarker.detect(frame_bgr, int(round(time_s * 1000)))
+                    face = None if landmarker is None else landmarker.detect(frame_bgr, int(round(time_s * 1000)))
                 except Exception as exc:  # one bad frame is rendered as "face lost", never dropped
                     log.warning("landmarks failed on frame %d: %s", t, exc)
                     face = None

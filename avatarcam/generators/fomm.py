@@ -1,0 +1,819 @@
+"""The FOMM reenactor: Avatarify's relative-mode First Order Motion Model behind FaceMimic's Reenactor protocol.
+
+Per avatar (prepare, off the render thread): crop the face, detect its keypoints, encode it once.
+Per calibration (neutral_from): keypoints of the calibration window's last frame (FOMM's kp_driving_initial).
+Per frame (render): crop the driver's face, detect keypoints, move the avatar's keypoints by the driver's motion since
+the neutral (FOMM's `normalize_kp` with relative movement, relative jacobian and hull-adapted scale), generate,
+and compose the generated crop back into the avatar canvas.
+
+Cropping (generator.crop, default on): FOMM's vox models were trained on square crops in which the head fills most of
+the frame. The driver crop is a square around MediaPipe's face landmarks, smoothed over time so that landmark jitter
+does not shake the picture; the avatar crop is made the same way once, so both faces are framed alike, which is what
+relative motion assumes. The generated crop is pasted back with a feathered edge. With crop off, driver frames and
+the avatar image are used as given, resized to the model's size, and the canvas is the prediction resized: FOMM's
+own demo, frame for frame (the offline parity test checks this against the original code's outputs).
+
+FaceMimic controls: motion.intensity.face scales the relative motion (keypoint displacement and jacobian change;
+1 is exactly FOMM); motion.smoothing runs a One Euro filter on the driving keypoints (0 is exactly FOMM; with crop
+off the keypoints are never smoothed, so --no-crop is the unmodified FOMM animation); a lost face holds the last
+output, then eases back to the avatar at rest.
+
+Runtimes: each of the three models (fomm_export.MODEL_NAMES) goes through the backends layer on its own, with the
+CPU runtime that measured faster for it; ONNX files are exported on first use into engines/fomm-<weights hash>/.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from avatarcam.avatars import Avatar, read_image
+from avatarcam.errors import ConfigError, FaceMimicError, ModelFileError
+from avatarcam.filters import OneEuroFilter
+from avatarcam.motion import MotionSettings
+from avatarcam.paths import ENGINES_DIR, PROJECT_ROOT
+from avatarcam.types import Observed
+
+__all__ = [
+    "CropBox",
+    "FommKeypointArrays",
+    "FommMotionControls",
+    "FommNeutral",
+    "FommPrepared",
+    "FommReenactor",
+    "FommSettings",
+    "build_fomm_reenactor",
+    "crop_square",
+    "face_box",
+    "keypoint_match_distance",
+    "normalized_match_keypoints",
+    "resolve_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+# Side of the crop as a multiple of the landmarks' larger extent (forehead to chin, cheek to cheek). At 1.6 the face
+# fills about 60 % of the crop, as in FOMM's VoxCeleb crops and inside Avatarify's "fit your face here" rectangle
+# (60 % of the width, 80 % of the height, hair included).
+CROP_SCALE = 1.6
+# MediaPipe's mesh ends at the hairline; vox crops centre the head, hair included, so the window sits a little higher.
+CROP_RAISE = 0.06
+# The generated crop blends into the avatar canvas over this share of the crop side at each edge; FOMM's output is
+# weakest at the crop border (grid_sample pads with zeros there).
+FEATHER_SHARE = 0.12
+# The crop window follows the face through a One Euro filter in units of the window side: strong smoothing when the
+# head is still, little lag when it moves (1 side per second raises the cutoff by CROP_BETA Hz).
+CROP_MIN_CUTOFF_HZ = 1.5
+CROP_BETA = 4.0
+# Keypoint smoothing uses MotionTransfer's mapping of motion.smoothing onto the One Euro cutoff; beta is in keypoint
+# units per second (the face is about one unit wide), hence larger than the mesh's beta in pixels.
+KEYPOINT_BETA = 5.0
+# The CPU runtime per model for backend "auto", measured with vox-256 on 2 cores (ms, isolated: ONNX Runtime kp 15-43,
+# encoder 65-139, generator 336-342; torch 24, 138, 372). ONNX Runtime is as fast or faster and, above all, keeps its
+# speed while another thread works (live, MediaPipe always does): torch's two OpenMP threads then slowed the keypoint
+# detector from 19 to 1054 ms. Mixing the two runtimes is worse still: ONNX Runtime's spinning workers slowed torch's
+# generator from 380 to 1000-2000 ms. So all three default to ONNX Runtime.
+CPU_RUNTIMES = {
+    "fomm_kp_detector": "onnxruntime",
+    "fomm_source_encoder": "onnxruntime",
+    "fomm_frame_generator": "onnxruntime",
+}
+# TensorRT precision per model: keypoints feed 2x2 inverses and a softmax at temperature 0.1, so the small detector
+# stays in fp32; the encoder and generator are image-to-image and tolerate fp16 (not yet measured on a GPU).
+TENSORRT_PRECISIONS = {
+    "fomm_kp_detector": "fp32",
+    "fomm_source_encoder": "fp16",
+    "fomm_frame_generator": "fp16",
+}
+
+_NOT_SHIPPED = (
+    "Avatarify users usually have vox-adv-cpk.pth.tar (or vox-cpk.pth.tar) in their avatarify folder; FaceMimic never "
+    "ships these weights (they are licensed CC BY-NC 4.0)"
+)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Crops.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A square window of an image: centre and side in pixels (pixel i covers [i - 0.5, i + 0.5])."""
+
+    center_x: float
+    center_y: float
+    side: float
+
+    def crop_to_image(self, size: int) -> np.ndarray:
+        """(2, 3) float64 affine taking crop pixel coordinates (size x size crop) to image pixel coordinates."""
+        step = self.side / size
+        left, top = self.center_x - self.side / 2, self.center_y - self.side / 2
+        # Crop pixel j covers [j/size, (j+1)/size] of the window, so its centre sits at left + (j + 0.5) * step.
+        return np.array([[step, 0.0, left + 0.5 * step], [0.0, step, top + 0.5 * step]])
+
+    def as_array(self) -> np.ndarray:
+        """(3,) float64 [center_x, center_y, side]."""
+        return np.array([self.center_x, self.center_y, self.side])
+
+
+def face_box(points_px: np.ndarray) -> CropBox:
+    """The square FOMM-style window around a face from its (N, 2+) landmarks in pixels."""
+    xy = np.asarray(points_px, np.float64)[:, :2]
+    low, high = xy.min(0), xy.max(0)
+    extent = float(max(high - low))
+    if not math.isfinite(extent) or extent <= 0:
+        raise FaceMimicError(f"face landmarks span {extent} pixels: expected a positive, finite face size")
+    center = (low + high) / 2
+    return CropBox(center_x=float(center[0]), center_y=float(center[1] - CROP_RAISE * extent),
+                   side=CROP_SCALE * extent)
+
+
+def crop_square(image_bgr: np.ndarray, box: CropBox, *, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The box resampled to (size, size, 3) uint8 (area-averaged when shrinking; replicated edges outside the image)."""
+    height, width = image_bgr.shape[:2]
+    # Only the window (plus a pixel) is resampled, so a 4K frame costs what its face region costs.
+    half = box.side / 2 + 1
+    x0, y0 = max(0, math.floor(box.center_x - half)), max(0, math.floor(box.center_y - half))
+    x1, y1 = min(width, math.ceil(box.center_x + half) + 1), min(height, math.ceil(box.center_y + half) + 1)
+    if x1 - x0 < 2 or y1 - y0 < 2:  # the window is (almost) entirely outside the image: use the nearest edge
+        x0, x1 = min(max(0, x0), width - 2), max(min(width, x1), 2)
+        y0, y1 = min(max(0, y0), height - 2), max(min(height, y1), 2)
+    region = image_bgr[y0:y1, x0:x1]
+    step = box.side / size  # image pixels per crop pixel
+    fx = fy = 1.0
+    if step > 1.0:
+        # Shrink by area first, then a bilinear warp does only the sub-pixel remainder: no aliasing, no jitter.
+        small_w, small_h = max(2, round((x1 - x0) / step)), max(2, round((y1 - y0) / step))
+        fx, fy = small_w / (x1 - x0), small_h / (y1 - y0)
+        region = cv2.resize(region, (small_w, small_h), interpolation=cv2.INTER_AREA)
+    to_image = box.crop_to_image(size)
+    to_region = np.array([
+        [fx * to_image[0, 0], 0.0, fx * (to_image[0, 2] - x0 + 0.5) - 0.5],
+        [0.0, fy * to_image[1, 1], fy * (to_image[1, 2] - y0 + 0.5) - 0.5],
+    ])
+    if out is None:
+        out = np.empty((size, size, 3), np.uint8)
+    cv2.warpAffine(region, to_region, (size, size), dst=out, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                   borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
+def _resize(image: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Whole image to (size, size): area-averaged when shrinking, bilinear when enlarging (aspect not kept)."""
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        if out is None:
+            return image.copy()
+        out[...] = image
+        return out
+    interpolation = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), dst=out, interpolation=interpolation)
+
+
+def _bgr_to_model(image_bgr: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 BGR -> out (1, 3, H, W) float32 RGB in [0, 1], exactly uint8 / 255 as FOMM's input."""
+    np.divide(image_bgr[..., ::-1].transpose(2, 0, 1), np.float32(255.0), out=out[0], dtype=np.float32)
+    return out
+
+
+def _prediction_to_bgr(prediction: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """(1, 3, H, W) float32 RGB in [0, 1] -> out (H, W, 3) uint8 BGR, rounded to nearest."""
+    rgb = np.ascontiguousarray(prediction[0].transpose(1, 2, 0))
+    cv2.cvtColor(cv2.convertScaleAbs(rgb, alpha=255.0), cv2.COLOR_RGB2BGR, dst=out)
+    return out
+
+
+def _feather_mask(size: int) -> np.ndarray:
+    """(size, size) float32 in [0, 1]: 1 inside, a smooth ramp to 0 over FEATHER_SHARE of the side at each edge."""
+    centers = np.arange(size, dtype=np.float64) + 0.5
+    ramp = np.clip(np.minimum(centers, size - centers) / (FEATHER_SHARE * size), 0.0, 1.0)
+    ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep: no visible kink where the ramp starts
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+class CropTracker:
+    """Follows the driver's face box through a One Euro filter (in units of the first box's side)."""
+
+    def __init__(self) -> None:
+        self._filter = OneEuroFilter(min_cutoff_hz=CROP_MIN_CUTOFF_HZ, beta=CROP_BETA, derivative_cutoff_hz=1.0)
+        self._unit: float | None = None
+
+    def reset(self) -> None:
+        """Forget the history; the next box passes unchanged."""
+        self._filter.reset()
+        self._unit = None
+
+    def __call__(self, box: CropBox, time_s: float) -> CropBox:
+        """The smoothed box for this frame."""
+        first = self._unit is None
+        if first:
+            self._unit = box.side
+        smooth = self._filter(box.as_array() / self._unit, time_s).astype(np.float64) * self._unit
+        if first:
+            return box  # exactly the calibration crop when the neutral frame is rendered (the filter is float32)
+        return CropBox(center_x=float(smooth[0]), center_y=float(smooth[1]), side=float(smooth[2]))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Keypoints (numpy) and relative motion.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FommKeypointArrays:
+    """FOMM keypoints of one image as numpy arrays (the runtimes' currency)."""
+
+    value: np.ndarray
+    """(1, K, 2) float32, (x, y) in FOMM's [-1, 1] crop frame."""
+    jacobian: np.ndarray
+    """(1, K, 2, 2) float32 local affine motion around each keypoint."""
+
+
+def _inverse_2x2(m: np.ndarray) -> np.ndarray:
+    """Inverse of (..., 2, 2) float32 matrices in closed form (the formula of fomm_model._inverse_2x2)."""
+    a, b, c, d = m[..., 0, 0], m[..., 0, 1], m[..., 1, 0], m[..., 1, 1]
+    det = (a * d - b * c)[..., None, None]
+    adjugate = np.stack([np.stack([d, -b], -1), np.stack([-c, a], -1)], -2)
+    return adjugate / det
+
+
+def relative_motion(source: FommKeypointArrays, driving: FommKeypointArrays, initial: FommKeypointArrays, *,
+                    scale: float, intensity: float = 1.0) -> FommKeypointArrays:
+    """FOMM's relative keypoints (normalize_kp, relative jacobian) with the motion scaled by intensity.
+
+    value = kp_source + intensity * scale * (kp_driving - kp_initial);
+    jacobian = (I + intensity * (J_d J_0^-1 - I)) J_s. intensity 1 computes FOMM's formula exactly as written.
+    """
+    displacement = driving.value - initial.value
+    if intensity != 1.0:
+        displacement = displacement * np.float32(intensity)
+    value = (displacement * np.float32(scale) + source.value).astype(np.float32)
+    change = np.matmul(driving.jacobian, _inverse_2x2(initial.jacobian))
+    if intensity != 1.0:
+        identity = np.eye(2, dtype=np.float32)
+        change = identity + np.float32(intensity) * (change - identity)
+    return FommKeypointArrays(value=value, jacobian=np.matmul(change, source.jacobian).astype(np.float32))
+
+
+def _movement_scale(source: FommKeypointArrays, initial: FommKeypointArrays) -> float:
+    """FOMM's adapt_movement_scale (hull areas of the avatar's and the neutral's keypoints); 1 if undefined."""
+    import torch
+
+    from avatarcam.generators.fomm_model import movement_scale
+
+    try:
+        return movement_scale(torch.from_numpy(source.value), torch.from_numpy(initial.value))
+    except ValueError as exc:  # collinear keypoints: FOMM would divide by zero; keep the motion unscaled instead
+        log.warning("FOMM movement scale: %s; using 1", exc)
+        return 1.0
+
+
+def normalized_match_keypoints(value: np.ndarray) -> np.ndarray:
+    """(K, 2) keypoints centred and divided by sqrt(hull area), as Avatarify normalises landmarks for its F key."""
+    from avatarcam.generators.fomm_model import convex_hull_area
+
+    points = np.asarray(value, np.float64).reshape(-1, 2)
+    points = points - points.mean(0, keepdims=True)
+    area = convex_hull_area(points)
+    return points / math.sqrt(area) if area > 0 else points
+
+
+def keypoint_match_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Sum of squared differences of two normalized keypoint sets (Avatarify's comparison)."""
+    return float(((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2).sum())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Settings, prepared avatars, neutral.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FommSettings:
+    """What the FOMM reenactor needs from the config (see build_fomm_reenactor)."""
+
+    checkpoint: Path
+    backend: str = "auto"
+    """auto, tensorrt, onnxruntime or torch (avatarcam.backends.BACKEND_CHOICES)."""
+    crop: bool = True
+    canvas_size: int = 512
+    engines_dir: Path = ENGINES_DIR
+    image_size: int | None = None
+    """Side of the model's square input; None: 256 for released checkpoints (see fomm_export.default_image_size)."""
+    cpu_runtimes: dict[str, str] = field(default_factory=lambda: dict(CPU_RUNTIMES))
+    tensorrt_precisions: dict[str, str] = field(default_factory=lambda: dict(TENSORRT_PRECISIONS))
+
+    def __post_init__(self) -> None:
+        from avatarcam.backends.selection import BACKEND_CHOICES
+
+        if self.backend not in BACKEND_CHOICES:
+            raise ConfigError(f"generator.backend {self.backend!r} is not one of {', '.join(BACKEND_CHOICES)}")
+        if self.canvas_size < 64:
+            raise ConfigError(f"generator.canvas_size {self.canvas_size} is too small: expected at least 64")
+        tables = (("cpu_runtimes", self.cpu_runtimes), ("tensorrt_precisions", self.tensorrt_precisions))
+        for field_name, table in tables:
+            if set(table) != set(CPU_RUNTIMES):
+                raise ConfigError(
+                    f"FommSettings.{field_name} names {sorted(table)}: expected exactly {sorted(CPU_RUNTIMES)}"
+                )
+
+
+@dataclass(frozen=True)
+class FommPrepared:
+    """One avatar, ready for FOMM: its crop, encoding, keypoints and how the crop sits in the canvas."""
+
+    avatar_name: str
+    source: np.ndarray
+    """(1, 3, H, W) float32 RGB in [0, 1]: the avatar crop the generator warps."""
+    features: np.ndarray
+    """(1, F, H/4, W/4) float32: source encoder output for `source`."""
+    kp: FommKeypointArrays
+    rest_canvas_bgr: np.ndarray
+    """(S, S, 3) uint8 BGR: the avatar at rest (shown before calibration and after a lost face)."""
+    crop_to_canvas: np.ndarray | None
+    """(2, 3) float64 affine from crop pixels to canvas pixels; None without cropping (the crop is the canvas)."""
+    alpha: np.ndarray | None
+    """(S, S) float32 in [0, 1]: weight of the generated crop in the canvas (feathered); None without cropping."""
+    rest_weight: np.ndarray | None
+    """(S, S) float32: 1 - alpha, the weight of the avatar canvas."""
+    match_kp: np.ndarray
+    """(K, 2) float64 normalized keypoints for best_match."""
+
+
+@dataclass(frozen=True)
+class FommNeutral:
+    """The driver's calibrated neutral: FOMM's kp_driving_initial, and the crop it was taken from."""
+
+    kp: FommKeypointArrays
+    box: CropBox | None
+    frame_index: int
+
+
+class FommMotionControls:
+    """The user's motion settings as FOMM uses them (intensity.face, smoothing, lost-face timing).
+
+    Duck-compatible with MotionTransfer's `settings` / `update_settings`, so the intensity hotkeys work unchanged.
+    """
+
+    def __init__(self, settings: MotionSettings | None = None) -> None:
+        self.settings = settings or MotionSettings()
+        self._lock = threading.Lock()
+        self._filter = self._make_filter()
+
+    def _make_filter(self) -> OneEuroFilter | None:
+        s = self.settings.smoothing
+        if s <= 0:
+            return None
+        return OneEuroFilter(min_cutoff_hz=8.0 * (0.05**s), beta=KEYPOINT_BETA, derivative_cutoff_hz=1.0)
+
+    @property
+    def intensity(self) -> float:
+        """The global FOMM motion gain (motion.intensity.face)."""
+        return float(self.settings.intensity.get("face", 1.0))
+
+    def update_settings(self, settings: MotionSettings) -> None:
+        """Apply new user settings (a smoothing change restarts the filter)."""
+        with self._lock:
+            changed = settings.smoothing != self.settings.smoothing
+            self.settings = settings
+            if changed:
+                self._filter = self._make_filter()
+
+    def reset(self) -> None:
+        """Forget the smoothing history."""
+        with self._lock:
+            if self._filter is not None:
+                self._filter.reset()
+
+    def smooth(self, kp: FommKeypointArrays, time_s: float) -> FommKeypointArrays:
+        """The driving keypoints through the One Euro filter (unchanged when smoothing is 0)."""
+        with self._lock:
+            if self._filter is None:
+                return kp
+            num_kp = kp.value.shape[1]
+            packed = np.concatenate([kp.value.reshape(num_kp, 2), kp.jacobian.reshape(num_kp, 4)], axis=1)
+            smooth = self._filter(packed, time_s)
+        return FommKeypointArrays(value=smooth[:, :2].reshape(1, num_kp, 2).copy(),
+                                  jacobian=smooth[:, 2:].reshape(1, num_kp, 2, 2).copy())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Runtimes.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _LockedRunner:
+    """A runner shared by the render, avatar-loading and hotkey threads: one call at a time, outputs copied."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self._lock = threading.Lock()
+
+    @property
+    def label(self) -> str:
+        return self.runner.label
+
+    def run(self, inputs: dict[str, np.ndarray], *, copy: bool = True) -> dict[str, np.ndarray]:
+        with self._lock:
+            outputs = self.runner.run(inputs)
+            # Runner outputs may be staging buffers reused two calls later; keep copies of what outlives the call.
+            return {k: np.array(v) for k, v in outputs.items()} if copy else outputs
+
+    def close(self) -> None:
+        with self._lock:
+            self.runner.close()
+
+
+def _needs_onnx(requested: str, cpu_runtime: str, hardware: Any) -> bool:
+    """Whether backend selection for one model can pick a runtime that reads the ONNX file."""
+    if requested in ("onnxruntime", "tensorrt"):
+        return True
+    if requested == "torch":
+        return False
+    gpu = hardware.cuda_available and (
+        (hardware.tensorrt_version is not None and hardware.torch_cuda) or hardware.onnxruntime_cuda
+    )
+    return gpu or cpu_runtime == "onnxruntime"
+
+
+class FommRuntime:
+    """The three FOMM models of one checkpoint, each opened on its selected runtime."""
+
+    def __init__(self, *, models: Any, settings: FommSettings, hardware: Any = None,
+                 log_line: Callable[[str], None] = log.info) -> None:
+        from avatarcam.backends.hardware import detect_hardware
+        from avatarcam.backends.selection import ModelSpec, open_backend
+        from avatarcam.generators import fomm_export as fx
+
+        hardware = detect_hardware() if hardware is None else hardware
+        ios = fx.model_io(models)
+        needs = tuple(n for n in fx.MODEL_NAMES
+                      if _needs_onnx(settings.backend, settings.cpu_runtimes[n], hardware))
+        paths = {}
+        if needs:
+            paths = fx.ensure_exported(models, engines_dir=settings.engines_dir, names=needs, log_line=log_line)
+        folder = fx.export_folder(models, engines_dir=settings.engines_dir)
+        runners: dict[str, _LockedRunner] = {}
+        try:
+            for name in fx.MODEL_NAMES:
+                spec = ModelSpec(
+                    name=name,
+                    onnx_path=paths.get(name, folder / f"{name}.onnx"),
+                    torch_module=fx.torch_module_factory(models, name),
+                    io=ios[name],
+                    cpu_runtime=settings.cpu_runtimes[name],
+                    precision=settings.tensorrt_precisions[name],
+                    engines_dir=folder,
+                )
+                runners[name] = _LockedRunner(open_backend(settings.backend, spec, hardware=hardware, log=log_line))
+        except BaseException:
+            for runner in runners.values():
+                runner.close()
+            raise
+        self.kp_detector = runners[fx.KP_DETECTOR]
+        self.source_encoder = runners[fx.SOURCE_ENCODER]
+        self.frame_generator = runners[fx.FRAME_GENERATOR]
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """model name -> runtime label, e.g. {'fomm_kp_detector': 'onnxruntime-cpu', ...}."""
+        return {r.runner.name: r.label for r in (self.kp_detector, self.source_encoder, self.frame_generator)}
+
+    def keypoints(self, image: np.ndarray) -> FommKeypointArrays:
+        """(1, 3, H, W) float32 RGB -> keypoints."""
+        out = self.kp_detector.run({"image": image})
+        return FommKeypointArrays(value=out["kp_value"], jacobian=out["kp_jacobian"])
+
+    def encode(self, source: np.ndarray) -> np.ndarray:
+        """(1, 3, H, W) float32 RGB -> source features."""
+        return self.source_encoder.run({"source_image": source})["source_features"]
+
+    def generate(self, prepared: FommPrepared, kp_driving: FommKeypointArrays) -> np.ndarray:
+        """(1, 3, H, W) float32 RGB prediction (valid until the generator's next call)."""
+        return self.frame_generator.run({
+            "source_image": prepared.source,
+            "source_features": prepared.features,
+            "kp_source_value": prepared.kp.value,
+            "kp_source_jacobian": prepared.kp.jacobian,
+            "kp_driving_value": kp_driving.value,
+            "kp_driving_jacobian": kp_driving.jacobian,
+        }, copy=False)["prediction"]
+
+    def close(self) -> None:
+        """Close the three runners (idempotent)."""
+        for runner in (self.kp_detector, self.source_encoder, self.frame_generator):
+            runner.close()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The reenactor.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(value: str | Path | None) -> Path:
+    """The checkpoint path from generator.checkpoint: as given (~ expanded), else relative to the project folder."""
+    if value is None or not str(value).strip():
+        raise ModelFileError(
+            "generator.model is fomm but generator.checkpoint is not set: point it at your FOMM checkpoint, e.g. "
+            f"`--checkpoint ~/avatarify/vox-adv-cpk.pth.tar`. {_NOT_SHIPPED}"
+        )
+    path = Path(str(value)).expanduser()
+    if not path.is_absolute() and not path.exists():
+        path = PROJECT_ROOT / path
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise ModelFileError(
+            f"FOMM checkpoint {path} {what}: expected a FOMM .pth.tar file. {_NOT_SHIPPED}: pass that file with "
+            f"--checkpoint or generator.checkpoint"
+        )
+    return path
+
+
+class FommReenactor:
+    """Avatarify-style FOMM animation behind the Reenactor protocol; one instance per checkpoint."""
+
+    name = "fomm"
+
+    def __init__(self, *, settings: FommSettings, motion: MotionSettings | None = None, hardware: Any = None,
+                 log_line: Callable[[str], None] = log.info) -> None:
+        from avatarcam.generators.fomm_export import load_fomm_models
+
+        self.settings = settings
+        self.canvas_size = settings.canvas_size
+        self.motion = FommMotionControls(motion)
+        self.models = load_fomm_models(resolve_checkpoint(settings.checkpoint), image_size=settings.image_size)
+        self.image_size = self.models.image_size
+        self.runners = FommRuntime(models=self.models, settings=settings, hardware=hardware, log_line=log_line)
+        if not any(label.startswith("torch") for label in self.runners.labels.values()):
+            self.models = self.models.without_modules()  # the runtimes hold their own copies of the weights
+        size, canvas = self.image_size, self.canvas_size
+        # Per-frame buffers, owned by the render thread (prepare and best_match allocate their own).
+        self._crop_bgr = np.empty((size, size, 3), np.uint8)
+        self._input = np.empty((1, 3, size, size), np.float32)
+        self._generated_bgr = np.empty((size, size, 3), np.uint8)
+        self._warped_bgr = np.empty((canvas, canvas, 3), np.uint8)
+        self._last_canvas = np.empty((canvas, canvas, 3), np.uint8)
+        self._tracker = CropTracker()
+        self._scale_for: tuple[FommPrepared, FommNeutral, float] | None = None
+        self._last_kp_norm: FommKeypointArrays | None = None
+        self._last_driver: tuple[int, FommKeypointArrays] | None = None
+        self._lost_since_s: float | None = None
+        self.last_prediction: np.ndarray | None = None
+        """(1, 3, H, W) float32 RGB: the newest raw generator output (a copy), for tools and tests."""
+
+    @property
+    def needs_landmarks(self) -> bool:
+        """Whether render and neutral_from use the driver's face landmarks (only to crop)."""
+        return self.settings.crop
+
+    @property
+    def last_kp_norm(self) -> FommKeypointArrays | None:
+        """The keypoints the generator was last driven with (after relative motion), None after reset()."""
+        return self._last_kp_norm
+
+    @property
+    def last_driver_kp(self) -> FommKeypointArrays | None:
+        """The driver's raw keypoints (before smoothing) of the last rendered frame."""
+        return None if self._last_driver is None else self._last_driver[1]
+
+    @property
+    def runtimes(self) -> dict[str, str]:
+        """model name -> runtime label in use."""
+        return self.runners.labels
+
+    @property
+    def runtime(self) -> str:
+        """Where FOMM runs, as MeshReenactor.runtime says it: 'onnxruntime-cpu', or one label per model if mixed."""
+        labels = self.runners.labels
+        if len(set(labels.values())) == 1:
+            return next(iter(labels.values()))
+        return ", ".join(f"{name.removeprefix('fomm_')} {label}" for name, label in labels.items())
+
+    def close(self) -> None:
+        """Release the runtimes."""
+        self.runners.close()
+
+    def __enter__(self) -> FommReenactor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- per avatar
+
+    def prepare(self, avatar: Avatar) -> FommPrepared:
+        """Crop, keypoints and encoding of one avatar (thread-safe; runs on the avatar loader's thread)."""
+        size, canvas_size = self.image_size, self.canvas_size
+        canvas = avatar.canvas_bgr
+        if self.settings.crop:
+            if canvas.shape[:2] != (canvas_size, canvas_size):
+                # Avatars are loaded at canvas_size; any other size is scaled, landmarks with it.
+                factor = canvas_size / canvas.shape[0]
+                canvas = _resize(canvas, canvas_size)
+                points = np.asarray(avatar.points, np.float64)[:, :2] * factor
+            else:
+                points = avatar.points
+            box = face_box(points)
+            crop_bgr = crop_square(canvas, box, size=size)
+            crop_to_canvas = box.crop_to_image(size)
+            alpha = cv2.warpAffine(_feather_mask(size), crop_to_canvas, (canvas_size, canvas_size),
+                                   flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            rest = np.ascontiguousarray(canvas).copy()
+        else:
+            # FOMM's demo: the image as given, resized to the model's size (not the aligned canvas).
+            image = read_image(avatar.path) if avatar.path is not None and Path(avatar.path).is_file() else canvas
+            crop_bgr = _resize(image, size)
+            rest = _resize(image, canvas_size)
+            crop_to_canvas = alpha = None
+        source = _bgr_to_model(crop_bgr, np.empty((1, 3, size, size), np.float32))
+        kp = self.runners.keypoints(source)
+        features = self.runners.encode(source)
+        return FommPrepared(
+            avatar_name=avatar.name, source=source, features=features, kp=kp, rest_canvas_bgr=rest,
+            crop_to_canvas=crop_to_canvas, alpha=alpha, rest_weight=None if alpha is None else 1.0 - alpha,
+            match_kp=normalized_match_keypoints(kp.value[0]),
+        )
+
+    # -- per calibration
+
+    def neutral_from(self, window: list[Observed]) -> FommNeutral:
+        """kp_driving_initial: keypoints of the window's last frame (with a face when cropping)."""
+        usable = [o for o in window if o is not None and (o.face is not None or not self.settings.crop)]
+        if not usable:
+            raise FaceMimicError(
+                f"FOMM calibration got {len(window)} frames but none with a face: look at the camera and recalibrate"
+            )
+        observed = usable[-1]
+        image = np.empty((1, 3, self.image_size, self.image_size), np.float32)
+        box = self._driver_crop(observed, None, image, np.empty_like(self._crop_bgr))
+        kp = self.runners.keypoints(image)
+        return FommNeutral(kp=kp, box=box, frame_index=observed.frame.index)
+
+    # -- per frame
+
+    def reset(self) -> None:
+        """Forget temporal state: smoothing, crop tracking, the held frame (after recalibration or avatar switch)."""
+        self.motion.reset()
+        self._tracker.reset()
+        self._last_kp_norm = None
+        self._lost_since_s = None
+
+    def _driver_crop(self, observed: Observed, time_s: float | None, image: np.ndarray,
+                     crop_bgr: np.ndarray) -> CropBox | None:
+        """Fill `image` with the model input for a driver frame; the box used (tracked when time_s is given)."""
+        frame_bgr = observed.frame.image_bgr
+        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+            raise FaceMimicError(
+                f"unexpected driver frame: shape {frame_bgr.shape}, dtype {frame_bgr.dtype}; expected (H, W, 3) uint8"
+            )
+        if not self.settings.crop:
+            _bgr_to_model(_resize(frame_bgr, self.image_size, out=crop_bgr), image)
+            return None
+        box = face_box(observed.face.points_px)
+        if time_s is not None:
+            box = self._tracker(box, time_s)
+        _bgr_to_model(crop_square(frame_bgr, box, size=self.image_size, out=crop_bgr), image)
+        return box
+
+    def movement_scale(self, prepared: FommPrepared, neutral: FommNeutral) -> float:
+        """FOMM's adapt_movement_scale for this avatar and neutral, computed once per pair."""
+        # A new avatar with the kept neutral gets its own scale; switching back recomputes (a hull area is cheap).
+        cached = self._scale_for
+        if cached is None or cached[0] is not prepared or cached[1] is not neutral:
+            cached = (prepared, neutral, _movement_scale(prepared.kp, neutral.kp))
+            self._scale_for = cached
+        return cached[2]
+
+    def render(self, prepared: FommPrepared, observed: Observed | None, neutral: FommNeutral | None, time_s: float,
+               out: np.ndarray, timings: dict[str, float] | None = None) -> np.ndarray:
+        """Animate the avatar for this driver frame into `out` (S, S, 3) uint8 BGR and return it."""
+        if out.shape != (self.canvas_size, self.canvas_size, 3) or out.dtype != np.uint8:
+            raise FaceMimicError(
+                f"unexpected output canvas: shape {out.shape}, dtype {out.dtype}; expected "
+                f"({self.canvas_size}, {self.canvas_size}, 3) uint8"
+            )
+        timings = {} if timings is None else timings
+        if neutral is None:  # not calibrated yet: the avatar as it is
+            out[...] = prepared.rest_canvas_bgr
+            return out
+        seen = observed is not None and (observed.face is not None or not self.settings.crop)
+        if not seen:
+            return self._render_lost(prepared, time_s, out, timings)
+        start = time.perf_counter()
+        self._driver_crop(observed, time_s, self._input, self._crop_bgr)
+        cropped = time.perf_counter()
+        raw = self.runners.keypoints(self._input)
+        detected = time.perf_counter()
+        self._last_driver = (observed.frame.index, raw)
+        # Smoothing exists for the jitter the tracked crop adds; without a crop the keypoints are FOMM's own.
+        driving = self.motion.smooth(raw, time_s) if self.settings.crop else raw
+        kp_norm = relative_motion(prepared.kp, driving, neutral.kp, scale=self.movement_scale(prepared, neutral),
+                                  intensity=self.motion.intensity)
+        moved = time.perf_counter()
+        self._generate_into(prepared, kp_norm, out, timings)
+        self._last_kp_norm = kp_norm
+        self._lost_since_s = None
+        self._last_canvas[...] = out
+        timings["crop"] = (cropped - start) * 1000
+        timings["kp_detector"] = (detected - cropped) * 1000
+        timings["motion"] = (moved - start) * 1000
+        return out
+
+    def _generate_into(self, prepared: FommPrepared, kp_norm: FommKeypointArrays, out: np.ndarray,
+                       timings: dict[str, float]) -> None:
+        start = time.perf_counter()
+        prediction = self.runners.generate(prepared, kp_norm)
+        generated = time.perf_counter()
+        self.last_prediction = np.array(prediction)
+        self._compose(prepared, prediction, out)
+        timings["generate"] = (generated - start) * 1000
+        timings["compose"] = (time.perf_counter() - generated) * 1000
+
+    def _compose(self, prepared: FommPrepared, prediction: np.ndarray, out: np.ndarray) -> None:
+        if prepared.crop_to_canvas is None:
+            # Without a crop the canvas is the prediction, resized in float so it is rounded once.
+            rgb = np.ascontiguousarray(prediction[0].transpose(1, 2, 0))
+            if rgb.shape[0] != self.canvas_size:
+                rgb = cv2.resize(rgb, (self.canvas_size, self.canvas_size), interpolation=cv2.INTER_LINEAR)
+            cv2.cvtColor(cv2.convertScaleAbs(rgb, alpha=255.0), cv2.COLOR_RGB2BGR, dst=out)
+            return
+        _prediction_to_bgr(prediction, self._generated_bgr)
+        cv2.warpAffine(self._generated_bgr, prepared.crop_to_canvas, (self.canvas_size, self.canvas_size),
+                       dst=self._warped_bgr, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        cv2.blendLinear(self._warped_bgr, prepared.rest_canvas_bgr, prepared.alpha, prepared.rest_weight, dst=out)
+
+    def _render_lost(self, prepared: FommPrepared, time_s: float, out: np.ndarray,
+                     timings: dict[str, float]) -> np.ndarray:
+        """No face: hold the last output, then ease the keypoints back to the avatar's and fade to the avatar."""
+        last = self._last_kp_norm
+        if last is None:
+            out[...] = prepared.rest_canvas_bgr
+            return out
+        if self._lost_since_s is None:
+            self._lost_since_s = time_s
+            self.motion.reset()  # the face may come back anywhere: do not smooth across the gap
+            self._tracker.reset()
+        elapsed = time_s - self._lost_since_s
+        settings = self.motion.settings
+        if elapsed <= settings.lost_face_hold_s:
+            out[...] = self._last_canvas
+            return out
+        t = min(1.0, (elapsed - settings.lost_face_hold_s) / max(settings.lost_face_ease_s, 1e-3))
+        if t >= 1.0:
+            out[...] = prepared.rest_canvas_bgr
+            return out
+        ease = 0.5 - 0.5 * math.cos(math.pi * t)  # smooth start and stop
+        kp = FommKeypointArrays(
+            value=((1 - ease) * last.value + ease * prepared.kp.value).astype(np.float32),
+            jacobian=((1 - ease) * last.jacobian + ease * prepared.kp.jacobian).astype(np.float32),
+        )
+        self._generate_into(prepared, kp, out, timings)
+        # The generator reproduces the avatar only approximately: fade into the exact picture towards the end.
+        fade = ease**3
+        cv2.addWeighted(out, 1.0 - fade, prepared.rest_canvas_bgr, fade, 0.0, dst=out)
+        return out
+
+    # -- Avatarify's F key
+
+    def best_match(self, prepared_list: Sequence[FommPrepared], observed: Observed | None) -> int | None:
+        """Index of the avatar whose keypoints are closest to the driver's current ones (None: nothing to rank).
+
+        Keypoints are compared as Avatarify compares faces: centred, divided by sqrt(hull area), sum of squared
+        differences. The driver's keypoints of the last rendered frame are reused when `observed` is that frame.
+        """
+        if not prepared_list or observed is None or (self.settings.crop and observed.face is None):
+            return None
+        cached = self._last_driver
+        if cached is not None and cached[0] == observed.frame.index:
+            driver = cached[1]
+        else:
+            image = np.empty((1, 3, self.image_size, self.image_size), np.float32)
+            self._driver_crop(observed, None, image, np.empty_like(self._crop_bgr))
+            driver = self.runners.keypoints(image)
+        target = normalized_match_keypoints(driver.value[0])
+        distances = [keypoint_match_distance(p.match_kp, target) for p in prepared_list]
+        return int(np.argmin(distances))
+
+
+def build_fomm_reenactor(config: Any, *, hardware: Any = None) -> FommReenactor:
+    """The FOMM reenactor for config.generator (checkpoint, backend, crop, canvas_size) and config.motion."""
+    g, m = config.generator, config.motion
+    motion = MotionSettings(
+        intensity=dict(vars(m.intensity)), head_rotation=m.head_rotation, head_translation=m.head_translation,
+        scale_lock=m.scale_lock, smoothing=m.smoothing, lost_face_hold_s=m.lost_face_hold_s,
+        lost_face_ease_s=m.lost_face_ease_s,
+    )
+    settings = FommSettings(
+        checkpoint=resolve_checkpoint(g.checkpoint), backend=g.backend, crop=g.crop, canvas_size=g.canvas_size,
+    )
+    return FommReenactor(settings=settings, motion=motion, hardware=hardware)
