@@ -112,6 +112,17 @@ class RunSummary:
     seconds: float = 0.0
 
 
+def driver_with_landmarks(frame_bgr: np.ndarray, face, *, max_side: int = 320) -> np.ndarray:
+    """A small copy of the driver frame with its landmarks drawn (the preview overlay and snapshots)."""
+    scale = min(1.0, max_side / max(frame_bgr.shape[:2]))
+    small = cv2.resize(frame_bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 \
+        else frame_bgr.copy()
+    if face is not None:
+        for x, y in face.points_px[:, :2] * scale:
+            cv2.circle(small, (int(x), int(y)), 1, (80, 255, 80), -1, cv2.LINE_AA)
+    return small
+
+
 class VideoFileSink:
     """A FrameSink that records frames to a video file (the output when there is no display or camera)."""
 
@@ -217,10 +228,7 @@ class App:
         folder.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]
         driver = last.frame.image_bgr.copy()
-        marked = driver.copy()
-        if last.face is not None:
-            for x, y, _ in last.face.points_px:
-                cv2.circle(marked, (int(x), int(y)), 1, (80, 255, 80), -1, cv2.LINE_AA)
+        marked = driver_with_landmarks(driver, last.face, max_side=max(driver.shape[:2]))
         files = {
             folder / f"{stamp}-driver.png": driver,
             folder / f"{stamp}-landmarks.png": marked,
@@ -337,7 +345,7 @@ class App:
                     )
                     overlay = None
                     if self.show_overlay and shown.frame is not None:
-                        overlay = PreviewOverlay(driver_bgr=shown.frame.image_bgr)
+                        overlay = PreviewOverlay(driver_bgr=driver_with_landmarks(shown.frame.image_bgr, shown.face))
                     for command in preview.show(shown.canvas_bgr, status=status, overlay=overlay):
                         inbox.put(command, source="preview")
                 for command in inbox.drain():

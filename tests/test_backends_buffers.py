@@ -88,3 +88,18 @@ def test_cuda_staging_is_pinned_stream_ordered_and_allocation_free() -> None:
     np.testing.assert_allclose(staging.collect(pending)["doubled"], data[-1]["frame"] * 2)
     assert staging.allocations == allocations
     staging.close()
+
+
+def test_cpu_staging_reports_stage_times():
+    from avatarcam.backends import StagingBuffers, TensorSpec
+
+    staging = StagingBuffers(inputs=(TensorSpec(name="x", shape=(4, 4), dtype="float32"),),
+                             outputs=(TensorSpec(name="y", shape=(4, 4), dtype="float32"),), device="cpu", name="t")
+
+    def compute(slot):
+        np.multiply(slot.host_inputs["x"], 2.0, out=slot.host_outputs["y"])
+
+    slot = staging.submit({"x": np.ones((4, 4), np.float32)}, compute)
+    assert staging.collect(slot)["y"][0, 0] == 2.0
+    assert set(staging.last_timings_ms) == {"upload", "compute", "download"}
+    assert all(v >= 0.0 for v in staging.last_timings_ms.values())

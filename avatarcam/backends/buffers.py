@@ -9,6 +9,8 @@ same two sets of arrays come back in turn.
 
 from __future__ import annotations
 
+import time
+
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -72,6 +74,8 @@ class StagingBuffers:
         self._torch: Any = None
         self._streams: dict[str, Any] = {}
         self._events: list[dict[str, Any]] = []
+        self.last_timings_ms: dict[str, float] = {}
+        """upload / compute / download of the last collected slot: CUDA event times on GPU, clocks on CPU."""
         self._pinned: list[dict[str, dict[str, Any]]] = []  # torch views of the pinned host arrays, kept for copy_()
         self._slots = [self._make_slot(i) for i in range(SLOT_COUNT)]
 
@@ -123,7 +127,9 @@ class StagingBuffers:
         self._pinned.append(pinned)
         # uploaded: inputs are on the device; computed: the device inputs were read and outputs written;
         # downloaded: outputs are back in host memory.
-        self._events.append({k: torch.cuda.Event() for k in ("uploaded", "computed", "downloaded")})
+        # "started" opens the slot's timeline: with enable_timing, collect() reads per-stage device times.
+        self._events.append({k: torch.cuda.Event(enable_timing=True)
+                             for k in ("started", "uploaded", "computed", "downloaded")})
         return StagingSlot(
             index=index, host_inputs=host_in, host_outputs=host_out, device_inputs=dev_in, device_outputs=dev_out
         )
@@ -167,9 +173,13 @@ class StagingBuffers:
         slot = self._slots[self._next]
         self._next = (self._next + 1) % SLOT_COUNT
         if self._device == "cpu":
+            start = time.perf_counter()
             for name, host in slot.host_inputs.items():
                 np.copyto(host, inputs[name], casting="no")
+            staged = time.perf_counter()
             compute(slot)
+            self.last_timings_ms = {"upload": (staged - start) * 1000, "compute": (time.perf_counter() - staged) * 1000,
+                                    "download": 0.0}
             return slot
         torch = self._torch
         events = self._events[slot.index]
@@ -181,6 +191,7 @@ class StagingBuffers:
         with torch.cuda.stream(upload):
             # Device inputs of this slot may still be read by the compute submitted two frames ago.
             upload.wait_event(events["computed"])
+            events["started"].record(upload)
             for name, pinned in self._pinned[slot.index]["inputs"].items():
                 slot.device_inputs[name].copy_(pinned, non_blocking=True)
             events["uploaded"].record(upload)
@@ -200,7 +211,14 @@ class StagingBuffers:
     def collect(self, slot: StagingSlot) -> dict[str, np.ndarray]:
         """Wait for a submitted slot's outputs and return its host arrays (reused by the submit after next)."""
         if self._device == "cuda":
-            self._events[slot.index]["downloaded"].synchronize()
+            events = self._events[slot.index]
+            events["downloaded"].synchronize()
+            # Device-side durations between the slot's events (all complete once the download is).
+            self.last_timings_ms = {
+                "upload": events["started"].elapsed_time(events["uploaded"]),
+                "compute": events["uploaded"].elapsed_time(events["computed"]),
+                "download": events["computed"].elapsed_time(events["downloaded"]),
+            }
         return dict(slot.host_outputs)
 
     def close(self) -> None:
