@@ -305,11 +305,13 @@ def draw_mouth_interior(canvas: np.ndarray, inner_lips: np.ndarray, lip_bgr: np.
     cavity = (lip_bgr * 0.18)[None, None, :] * (1.0 - 0.4 * depth[..., None])
     tongue_w = _smoothstep(0.55, 0.95, depth)[..., None] * 0.8
     cavity = cavity * (1 - tongue_w) + (lip_bgr * 0.55)[None, None, :] * tongue_w
-    upper_band = min(0.24 * gap, 0.1 * width)
-    upper_teeth = 1.0 - _smoothstep(upper_band * 0.7, upper_band, yy - upper_y)
-    lower_band = 0.07 * gap if gap > 0.25 * width else 0.0
-    lower_teeth = _smoothstep(-lower_band, -0.6 * lower_band, yy - lower_y) if lower_band else 0.0
-    teeth = np.clip((upper_teeth + 0.8 * lower_teeth) * across**0.35, 0, 1)[..., None]
+    # Teeth are about a fifth of the mouth's width tall: a grin shows mostly teeth, a wide-open jaw mostly cavity.
+    upper_band = min(0.4 * gap, 0.14 * width)
+    upper_teeth = 1.0 - _smoothstep(upper_band * 0.75, upper_band, yy - upper_y)
+    # Lower teeth only once the jaw is well open: in a narrow opening they would read as closed lips.
+    lower_band = min(0.12 * gap, 0.08 * width) if gap > 0.3 * width else 0.0
+    lower_teeth = _smoothstep(-lower_band, -0.7 * lower_band, yy - lower_y) if lower_band else 0.0
+    teeth = np.clip((upper_teeth + 0.85 * lower_teeth) * across**0.35, 0, 1)[..., None]
     shade = 1.0 - 0.25 * np.clip((yy - upper_y) / max(upper_band, 1.0), 0, 1)[..., None]
     teeth_bgr = np.array([208, 218, 228], np.float32) * shade
     interior = cavity * (1 - teeth) + teeth_bgr * teeth
