@@ -244,6 +244,9 @@ class App:
     def _source(self) -> tuple[SourceSpec, bool]:
         """The capture source, falling back to the bundled sample clip when no webcam can be opened."""
         spec = SourceSpec.parse(self.config.capture.source)
+        if spec.kind == "camera" and self.source_explicit:
+            # A camera the user named is waited for (opened with backoff), never swapped for the sample.
+            return spec, False
         if spec.kind == "camera" and not probe_camera(spec.target):
             message = (f"No webcam could be opened at index {spec.target}; driving the avatar from the sample clip "
                        f"{SAMPLE_DRIVER.relative_to(PROJECT_ROOT)} instead (choose a camera or video with --source)")

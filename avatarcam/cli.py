@@ -119,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             return run_self_test(config)
         from avatarcam.app import App
 
-        app = App(config, duration_s=args.duration, source_explicit=args.source is not None)
+        from avatarcam.config import CaptureConfig
+
+        # Only the untouched default camera falls back to the sample clip; a camera the user chose is waited for.
+        explicit = args.source is not None or config.capture.source != CaptureConfig().source
+        app = App(config, duration_s=args.duration, source_explicit=explicit)
         summary = app.run()
     except FaceMimicError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -83,3 +83,18 @@ def test_render_tool_errors(tmp_path):
     proc = _run("tools/render.py", "--driver", str(D12), "--avatar", str(tmp_path / "none.png"), "--out",
                 str(tmp_path / "x.mp4"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_a_named_camera_is_waited_for_not_replaced_by_the_sample(tmp_path):
+    out = tmp_path / "waiting.mp4"
+    proc = _run("run.py", "--source", "9", "--no-vcam", "--out", str(out), "--duration", "3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout + proc.stderr
+    assert "sample clip" not in text
+    assert "camera 9 could not be opened" in text and "retrying" in text
+    capture = cv2.VideoCapture(str(out))
+    ok, frame = capture.read()
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    # The output kept running with the avatar at rest while the camera was missing.
+    assert ok and frame.max() > 50 and frames >= 60
