@@ -54,3 +54,24 @@ def astronaut_avatar(image_landmarker):
     from avatarcam.avatars import load_avatar
 
     return load_avatar(ASTRONAUT, image_landmarker, 512)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run torch on one thread: with MediaPipe or other work on the second core, two OpenMP threads turn every
+    small op's barrier into a scheduler wait (the tiny FOMM model then runs 30x slower); restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def parity():
+    """The FOMM parity fixture: the original implementation's inputs and outputs (tests/fixtures/fomm/)."""
+    import numpy as np
+
+    with np.load(FIXTURES / "fomm" / "parity.npz") as data:
+        return {name: data[name] for name in data.files}

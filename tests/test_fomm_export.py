@@ -21,29 +21,13 @@ from avatarcam.motion import MotionSettings
 from avatarcam.types import Frame, Observed
 from tests.conftest import D12, ROOT
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FIXTURES = ROOT / "tests" / "fixtures" / "fomm"
 TINY = FIXTURES / "tiny-checkpoint.pth.tar"
 ONNX_BOUND = 1e-4  # fp32 ONNX Runtime CPU vs torch, per output, max abs
 PREDICTION_BOUND = 5e-4  # the fixture README's bound for an fp32 port's predictions
 CPU_ONLY = HardwareFacts(onnxruntime_providers=("CPUExecutionProvider",), torch_available=True)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Run torch on one thread here: with MediaPipe or other work on the second core, two OpenMP threads turn every
-    small op's barrier into a scheduler wait (the tiny model then runs 30x slower); restored afterwards."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def parity() -> dict[str, np.ndarray]:
-    with np.load(FIXTURES / "parity.npz") as data:
-        return {name: data[name] for name in data.files}
 
 
 @pytest.fixture(scope="module")

@@ -50,12 +50,6 @@ def assert_close(name: str, got, want, bound: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def parity() -> dict[str, np.ndarray]:
-    with np.load(FIXTURES / "parity.npz") as data:
-        return {name: data[name] for name in data.files}
-
-
-@pytest.fixture(scope="module")
 def tiny_config() -> FommConfig:
     return FommConfig.from_model_params(json.loads((FIXTURES / "tiny-config.json").read_text())["model_params"])
 
