@@ -145,8 +145,18 @@ def main() -> int:
     parser.add_argument("--backend", nargs="+", default=["auto"],
                         choices=("auto", "tensorrt", "onnxruntime", "torch"),
                         help="generator runtimes to compare (auto = the fastest on this machine)")
+    parser.add_argument("--model", choices=("mesh", "fomm"), default="mesh",
+                        help="fomm: run tools/bench_fomm.py (per-runtime ms per frame, switch time, memory)")
+    parser.add_argument("--checkpoint", type=Path, help="with --model fomm: a real checkpoint (default: random "
+                        "vox-256 weights, fine for timing)")
     parser.add_argument("--child", nargs=3, metavar=("SIZE", "CAMERA_FPS", "BACKEND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.model == "fomm":
+        cmd = [sys.executable, str(Path(__file__).with_name("bench_fomm.py")),
+               "--json", str(args.json or Path("bench-fomm.json"))]
+        if args.checkpoint:
+            cmd += ["--checkpoint", str(args.checkpoint)]
+        return subprocess.call(cmd)
     if args.child:
         result = run_one(int(args.child[0]), args.seconds, float(args.child[1]), args.clip, args.avatar,
                          args.child[2])
