@@ -98,3 +98,16 @@ def test_a_named_camera_is_waited_for_not_replaced_by_the_sample(tmp_path):
     capture.release()
     # The output kept running with the avatar at rest while the camera was missing.
     assert ok and frame.max() > 50 and frames >= 60
+
+
+def test_benchmark_writes_the_documented_json(tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    proc = _run("tools/bench.py", "--sizes", "256", "--seconds", "2", "--no-throughput", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert isinstance(report["fps"], float) and report["fps"] > 5
+    assert set(report["latency_ms"]) == {"p50", "p95"} and report["latency_ms"]["p50"] > 0
+    assert isinstance(report["dropped_frames"], int) and report["peak_rss_mb"] > 50
+    assert set(report["stages"]) == {"decode", "landmarks", "motion", "generate", "compose", "output"}
