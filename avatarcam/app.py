@@ -25,7 +25,6 @@ from avatarcam.pipeline import AvatarStore, LandmarkWorker, Rendered, RenderWork
 log = logging.getLogger(__name__)
 
 SAMPLE_DRIVER = SAMPLES_DIR / "driver.mp4"
-STAGES = ("decode", "landmarks", "motion", "generate", "compose", "output")
 
 
 def project_path(value: str | None) -> Path | None:

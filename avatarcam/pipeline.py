@@ -223,13 +223,6 @@ class AvatarStore:
         with self._lock:
             return list(self._entries)
 
-    def index_of(self, name: str) -> int | None:
-        """Position of the avatar with this name, or None."""
-        for i, (avatar, _) in enumerate(self.entries()):
-            if avatar.name == name:
-                return i
-        return None
-
 
 class RenderWorker(Worker):
     """Calibrates, applies user commands and renders the newest observation into a double-buffered canvas."""

@@ -75,3 +75,15 @@ def parity():
 
     with np.load(FIXTURES / "fomm" / "parity.npz") as data:
         return {name: data[name] for name in data.files}
+
+
+@pytest.fixture(scope="module")
+def display():
+    """A private Xvfb display (':N') for the window and hotkey tests; skips with the reason without Xvfb/xdotool."""
+    from tests import xvfb_util
+
+    reason = xvfb_util.xvfb_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    with xvfb_util.xvfb_display() as name:
+        yield name

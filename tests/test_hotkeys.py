@@ -156,15 +156,6 @@ def test_listener_with_an_unreachable_display_does_not_abort() -> None:
 # --------------------------------------------------------------------------------------------- real X11
 
 
-@pytest.fixture(scope="module")
-def display():
-    reason = xvfb_util.xvfb_missing_reason()
-    if reason:
-        pytest.skip(reason)
-    with xvfb_util.xvfb_display() as display:
-        yield display
-
-
 def test_real_global_hotkeys_under_xvfb(display, monkeypatch) -> None:
     monkeypatch.setenv("DISPLAY", display)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)

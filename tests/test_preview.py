@@ -42,15 +42,6 @@ def test_no_usable_display_gives_a_note_and_no_window() -> None:
     assert all(case["commands"] == [] for case in results.values())
 
 
-@pytest.fixture(scope="module")
-def display():
-    reason = xvfb_util.xvfb_missing_reason()
-    if reason:
-        pytest.skip(reason)
-    with xvfb_util.xvfb_display() as display:
-        yield display
-
-
 def find_pattern(screen: np.ndarray) -> tuple[int, int, int, int] | None:
     """(x0, y0, x1, y1) of the pattern's pure blue top-left quadrant, or None when it is not on screen."""
     blue = np.all(screen == (255, 0, 0), axis=2)

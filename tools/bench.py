@@ -25,19 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from avatarcam.timing import percentiles_ms  # noqa: E402
+
 STAGES = ("decode", "landmarks", "motion", "generate", "compose", "output")
 THROUGHPUT_CAMERA_FPS = 60.0
 DEFAULT_CLIP = ROOT / "avatarcam" / "samples" / "driver.mp4"
 DEFAULT_AVATAR = ROOT / "avatars" / "astronaut.png"
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    import numpy as np
-
-    if not values:
-        return {"p50": float("nan"), "p95": float("nan")}
-    a = np.asarray(values, np.float64)
-    return {"p50": round(float(np.percentile(a, 50)), 2), "p95": round(float(np.percentile(a, 95)), 2)}
 
 
 def current_rss_mb() -> float:
@@ -120,11 +113,11 @@ def run_one(size: int, seconds: float, camera_fps: float, clip: Path, avatar_pat
         "canvas": size,
         "camera_fps": camera_fps if paced else None,
         "fps": round((len(done_times) - 1) / elapsed, 2) if len(done_times) > 1 else 0.0,
-        "latency_ms": percentiles(latency),
+        "latency_ms": percentiles_ms(latency),
         "dropped_frames": int(max(0, captured - rendered_count)) if paced else None,
         "frames_output": len(done_times),
         "peak_rss_mb": round(peak_kb / 1024, 1),
-        "stages": {name: percentiles(values) for name, values in stage.items()},
+        "stages": {name: percentiles_ms(values) for name, values in stage.items()},
         "avatar_prepare_ms": round(prepare_ms, 1),
         "rss_growth_mb": round(rss_end_mb - rss_start_mb, 1),
         "backend": backend,

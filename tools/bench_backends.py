@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # tools/ run as scripts; the package lives one level up
 
+from avatarcam.timing import percentiles_ms  # noqa: E402
+
 import numpy as np  # noqa: E402
 
 DEFAULT_AVATAR = ROOT / "tests" / "fixtures" / "source" / "lp_s42.jpg"
@@ -45,12 +47,6 @@ def rss_mb() -> float:
     except OSError:
         return float("nan")
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def percentiles(samples_ms: list[float]) -> dict[str, float]:
-    """p50 and p95 of a list of milliseconds, rounded for the table."""
-    a = np.asarray(samples_ms, np.float64)
-    return {"p50": round(float(np.percentile(a, 50)), 2), "p95": round(float(np.percentile(a, 95)), 2)}
 
 
 def driven_sequence(prepared, count: int) -> list:
@@ -148,7 +144,7 @@ def input_copy_ms(prepared, repeats: int = 20) -> dict[str, float]:
         np.copyto(weights, prepared.weights)
         np.copyto(image[0], prepared.image_bgr.transpose(2, 0, 1))
         samples.append((time.perf_counter() - started) * 1000.0)
-    return percentiles(samples)
+    return percentiles_ms(samples)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 opened[backend] = frame_function(backend, generator, engines, hardware, args.threads)
             samples = measure({b: f[0] for b, f in opened.items()}, prepared, faces, out, args.frames)
             for backend, values in samples.items():
-                timings[backend][str(size)] = percentiles(values)
+                timings[backend][str(size)] = percentiles_ms(values)
                 print(f"{backend:>12} {size:4d}px: {timings[backend][str(size)]}", flush=True)
             if size == memory_size and args.memory_frames > 0:
                 for backend, (render, allocations, _) in opened.items():

@@ -32,20 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # tools/ run as scripts; the package lives one level up
 
+from avatarcam.timing import percentiles_ms  # noqa: E402
+
 DEFAULT_DRIVER = ROOT / "tests" / "fixtures" / "driving" / "d12.mp4"
 DEFAULT_AVATARS = (ROOT / "avatars" / "astronaut.png", ROOT / "tests" / "fixtures" / "source" / "lp_s42.jpg")
 KEYS_VOX256 = ROOT / "tests" / "fixtures" / "fomm" / "keys-vox256.json"
 STAGES = ("crop", "kp_detector", "generate", "compose", "end_to_end")
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    """p50 and p95 in ms, rounded to 0.01."""
-    import numpy as np
-
-    if not values:
-        return {"p50": float("nan"), "p95": float("nan")}
-    a = np.asarray(values, np.float64)
-    return {"p50": round(float(np.percentile(a, 50)), 2), "p95": round(float(np.percentile(a, 95)), 2)}
 
 
 def make_random_vox256(path: Path, seed: int = 0) -> Path:
@@ -158,10 +150,10 @@ def run_one(runtime: str, checkpoint: Path, engines: Path, driver: Path, avatars
         "runtime": runtime,
         "models": labels,
         "frames": len(alone["end_to_end"]),
-        "ms": {name: percentiles(values) for name, values in alone.items()},
-        "ms_with_landmark_thread": {name: percentiles(values) for name, values in live.items()},
-        "landmark_thread_ms": percentiles(landmark_ms[5:]),
-        "prepare_ms": percentiles(prepare_ms[len(loaded):]),  # the second round: steady-state avatar switches
+        "ms": {name: percentiles_ms(values) for name, values in alone.items()},
+        "ms_with_landmark_thread": {name: percentiles_ms(values) for name, values in live.items()},
+        "landmark_thread_ms": percentiles_ms(landmark_ms[5:]),
+        "prepare_ms": percentiles_ms(prepare_ms[len(loaded):]),  # the second round: steady-state avatar switches
         "first_prepare_ms": round(prepare_ms[0], 1),
         "startup_s": round(startup_s, 1),
         "peak_rss_mb": _peak_rss_mb(),
