@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build TensorRT engines for the exported models in engines/ (GPU machines with TensorRT 10 only).
+"""Build TensorRT engines for the exported models in engines/ (GPU machines with TensorRT 10 or 11 only).
 
     python tools/build_engines.py                         # every engines/*.onnx, fp16
     python tools/build_engines.py --precision fp32 --model fomm_generator
@@ -61,7 +61,9 @@ def main(argv: Sequence[str] | None = None, *, hardware: HardwareFacts | None = 
         )
         return EXIT_NO_TENSORRT
     engines_dir: Path = args.engines
-    paths = [engines_dir / f"{n}.onnx" for n in args.model] if args.model else sorted(engines_dir.glob("*.onnx"))
+    # NAME.fp16.onnx files are the fp16 graphs derived from NAME.onnx (avatarcam.backends.onnx_fp16), not exports.
+    found = sorted(p for p in engines_dir.glob("*.onnx") if not p.name.endswith(".fp16.onnx"))
+    paths = [engines_dir / f"{n}.onnx" for n in args.model] if args.model else found
     if not paths:
         print(
             f"build_engines: no exported models in {engines_dir}: run `python tools/export_onnx.py` first",

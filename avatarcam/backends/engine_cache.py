@@ -16,13 +16,14 @@ from typing import Any
 from avatarcam.backends.base import shape_text
 from avatarcam.backends.export import load_exported
 from avatarcam.backends.hardware import HardwareFacts
+from avatarcam.backends.onnx_fp16 import FP16_CONVERTER
 from avatarcam.backends.sidecar import read_sidecar, sha256_file, sidecar_path, write_sidecar
 from avatarcam.errors import EngineError, ModelFileError
 
 PRECISIONS = ("fp16", "fp32")
-ENGINE_SIDECAR_FORMAT = "facemimic-trt-engine/1"
+ENGINE_SIDECAR_FORMAT = "facemimic-trt-engine/2"  # /2: the key records the network recipe
 TENSORRT_INSTALL_HINT = (
-    "install TensorRT 10 on a machine with an NVIDIA GPU: "
+    "install TensorRT 10 or 11 on a machine with an NVIDIA GPU: "
     "`python -m pip install -r requirements-gpu.txt --extra-index-url https://pypi.nvidia.com` "
     "(GPU users only; the CPU path needs nothing extra)"
 )
@@ -30,6 +31,17 @@ DEFAULT_WORKSPACE_BYTES = 1 << 30
 KEY_CHARS = 16
 
 _LOG = logging.getLogger("avatarcam.backends")
+
+
+def network_recipe(precision: str) -> str:
+    """How the TensorRT network of an engine at this precision is made (part of its cache key).
+
+    Every engine is built from a strongly typed network, on TensorRT 10 and 11 alike, so its precision is the
+    ONNX graph's: fp32 engines parse the exported graph, fp16 engines the graph that onnx_fp16 derives from it.
+    """
+    if precision == "fp16":
+        return f"strongly typed, fp16 ONNX graph ({FP16_CONVERTER})"
+    return "strongly typed, fp32 ONNX graph"
 
 
 def build_fix(name: str, precision: str) -> str:
@@ -48,6 +60,8 @@ class EngineKey:
     precision: str
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...]
     """(input name, shape) pairs sorted by name; engines are built for exactly these shapes."""
+    network: str
+    """network_recipe(precision): how the network was made from the ONNX file (typing, fp16 conversion version)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -58,6 +72,7 @@ class EngineKey:
             "compute_capability": list(self.compute_capability),
             "precision": self.precision,
             "input_shapes": {name: list(shape) for name, shape in self.input_shapes},
+            "network": self.network,
         }
 
     @classmethod
@@ -71,6 +86,7 @@ class EngineKey:
             compute_capability=(int(major), int(minor)),
             precision=str(data["precision"]),
             input_shapes=tuple(sorted((str(n), tuple(int(d) for d in s)) for n, s in data["input_shapes"].items())),
+            network=str(data["network"]),
         )
 
     def digest(self) -> str:
@@ -97,6 +113,8 @@ class EngineKey:
             had = ", ".join(f"{n}{shape_text(s)}" for n, s in other.input_shapes)
             want = ", ".join(f"{n}{shape_text(s)}" for n, s in self.input_shapes)
             changes.append(f"input shapes {had} but {want} are needed")
+        if other.network != self.network:
+            changes.append(f"a network made as {other.network!r} but this version makes {self.network!r}")
         return changes
 
 
@@ -129,6 +147,7 @@ def engine_key(
         compute_capability=capability,
         precision=precision,
         input_shapes=tuple(sorted((n, tuple(int(d) for d in s)) for n, s in input_shapes.items())),
+        network=network_recipe(precision),
     )
 
 

@@ -1,7 +1,14 @@
-"""Build a TensorRT 10 engine from an ONNX file: parser errors reported, timing cache persisted, progress shown.
+"""Build a TensorRT 10 or 11 engine from an ONNX file: parser errors reported, timing cache persisted, progress shown.
 
-API calls follow the TensorRT 10 Python bindings (NVIDIA/TensorRT release/10.x python/src/infer/pyCore.cpp,
-parsers/pyOnnx.cpp) and the samples/python/simple_progress_monitor and Polygraphy loader/config usage.
+One path for both major versions: the network is always strongly typed, so the engine's precision is the ONNX
+graph's. fp16 engines are built from the fp16 graph that avatarcam.backends.onnx_fp16 derives from the export
+(float32 inputs and outputs kept). TensorRT 11 removed BuilderFlag.FP16, the other precision flags,
+IBuilder.platform_has_fast_fp16 and NetworkDefinitionCreationFlag.EXPLICIT_BATCH, and makes every network strongly
+typed (NVIDIA's 10.x -> 11.x migration guide and 11.0.0 release notes); TensorRT 10 has had the STRONGLY_TYPED
+creation flag since 10.0. API calls follow the Python bindings (NVIDIA/TensorRT python/src/infer/pyCore.cpp and
+parsers/pyOnnx.cpp on release/10.0, release/10.13 and the 11.1 main branch), samples/python/simple_progress_monitor
+and Polygraphy's loader usage. Unit-tested against fakes of both APIs (tests/fake_tensorrt.py); never run on a GPU
+in this project.
 """
 
 from __future__ import annotations
@@ -16,8 +23,6 @@ from typing import Any, TextIO
 from avatarcam.backends.base import shape_text
 from avatarcam.backends.sidecar import write_bytes_atomic
 from avatarcam.errors import EngineError
-
-_SPINNER = "|/-\\"
 
 
 class StatusLine:
@@ -102,46 +107,45 @@ def _make_progress_monitor(trt: Any, render: Callable[[str], None]) -> Any:
     return _PhaseMonitor()
 
 
-class _Spinner:
-    """Elapsed-time status line on a thread, for TensorRT builds without IProgressMonitor."""
-
-    def __init__(self, render: Callable[[str], None], label: str) -> None:
-        self._render = render
-        self._label = label
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="trt-build-spinner", daemon=True)
-
-    def _loop(self) -> None:
-        started = time.monotonic()
-        tick = 0
-        while not self._stop.wait(0.25):
-            self._render(f"{_SPINNER[tick % len(_SPINNER)]} {self._label} {time.monotonic() - started:.0f} s")
-            tick += 1
-
-    def start(self) -> None:
-        """Start drawing."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop drawing and wait for the thread."""
-        self._stop.set()
-        self._thread.join(timeout=2.0)
-
-
 def _parser_errors(parser: Any) -> list[str]:
     lines = []
     for index in range(parser.num_errors):
         error = parser.get_error(index)
         where = f"node {error.node()}"
-        try:
-            if error.node_name():
-                where += f" {error.node_name()!r}"
-            if error.node_operator():
-                where += f" ({error.node_operator()})"
-        except AttributeError:
-            pass  # node_name/node_operator arrived in TensorRT 10.0; older parsers only give the index
+        if error.node_name():  # node_name/node_operator: in the parser bindings since TensorRT 10.0
+            where += f" {error.node_name()!r}"
+        if error.node_operator():
+            where += f" ({error.node_operator()})"
         lines.append(f"{where}: {error.desc()} [{error.code()}]")
     return lines
+
+
+SUPPORTED_MAJORS = (10, 11)
+
+
+def tensorrt_major(version: str) -> int:
+    """The major version of a tensorrt.__version__ string ('10.8.0.43' -> 10); EngineError outside 10 and 11."""
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        major = -1
+    if major not in SUPPORTED_MAJORS:
+        raise EngineError(
+            f"TensorRT {version} is installed but FaceMimic builds engines with TensorRT 10 or 11: "
+            f'`python -m pip install "tensorrt>=10,<12" --extra-index-url https://pypi.nvidia.com`'
+        )
+    return major
+
+
+def network_flags(trt: Any) -> int:
+    """create_network() flags for a strongly typed network on this TensorRT.
+
+    TensorRT 11: 0, since createNetworkV2 makes strongly typed networks by default and weak typing is gone (its
+    STRONGLY_TYPED member survives only as a deprecated no-op). TensorRT 10: 1 << STRONGLY_TYPED.
+    """
+    if tensorrt_major(trt.__version__) >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
 def _load_timing_cache(config: Any, path: Path, log: Callable[[str], None]) -> Any:
@@ -169,7 +173,11 @@ def build_engine(
     log: Callable[[str], None],
     progress: Callable[[str], None] | None = None,
 ) -> None:
-    """Parse onnx_path, build for exactly input_shapes at precision, write plan_path and update the timing cache."""
+    """Parse the graph of onnx_path at precision, build for exactly input_shapes, write plan_path, update the cache.
+
+    onnx_path is an exported fp32 model with its sidecar; for precision 'fp16' the network is parsed from its fp16
+    graph (NAME.fp16.onnx, converted on first use). No precision flag is set on any TensorRT version.
+    """
     try:
         import tensorrt as trt
     except ImportError as exc:
@@ -178,33 +186,32 @@ def build_engine(
         raise EngineError(
             f"building {plan_path.name} needs TensorRT but it is not installed: {TENSORRT_INSTALL_HINT}"
         ) from exc
+    if precision not in ("fp16", "fp32"):
+        raise EngineError(f"precision {precision!r} is not supported: use 'fp16' or 'fp32'")
+    flags = network_flags(trt)
+    graph_path = Path(onnx_path)
+    if precision == "fp16":
+        from avatarcam.backends.export import load_exported
+        from avatarcam.backends.onnx_fp16 import ensure_fp16_onnx
+
+        graph_path = ensure_fp16_onnx(load_exported(onnx_path))
+        log(f"building {plan_path.name} from the fp16 graph {graph_path.name} (float32 inputs and outputs)")
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch; the flag is ignored
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     # parse_from_file (not parse(bytes)) so models with external weight files resolve them relative to the ONNX.
-    if not parser.parse_from_file(str(onnx_path)) or parser.num_errors:
+    if not parser.parse_from_file(str(graph_path)) or parser.num_errors:
         details = "; ".join(_parser_errors(parser)) or "no details reported"
         raise EngineError(
-            f"TensorRT {trt.__version__} could not parse {onnx_path}: {details}: re-export it with "
-            f"`python tools/export_onnx.py --model {onnx_path.stem}` or replace the unsupported ops"
+            f"TensorRT {trt.__version__} could not parse {graph_path}: {details}: re-export it with "
+            f"`python tools/export_onnx.py --model {Path(onnx_path).stem}`, replace the unsupported ops"
+            + (", or build with precision fp32" if precision == "fp16" else "")
         )
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
-    if precision == "fp16":
-        if not hasattr(trt.BuilderFlag, "FP16"):
-            raise EngineError(
-                f"precision fp16 needs BuilderFlag.FP16, which TensorRT {trt.__version__} no longer has (strong typing "
-                f"only): build with `--precision fp32`, or install TensorRT 10 "
-                f'(`pip install --extra-index-url https://pypi.nvidia.com "tensorrt>=10,<11"`)'
-            )
-        if not builder.platform_has_fast_fp16:
-            log(f"this GPU has no fast FP16; building {plan_path.name} with FP16 anyway (may be no faster than fp32)")
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision != "fp32":
-        raise EngineError(f"precision {precision!r} is not supported: use 'fp16' or 'fp32'")
 
     profile = None
     for index in range(network.num_inputs):
@@ -233,23 +240,15 @@ def build_engine(
     _load_timing_cache(config, timing_cache, log)
 
     render = progress or StatusLine()
-    monitor = None
-    spinner = None
-    if hasattr(trt, "IProgressMonitor"):
-        monitor = _make_progress_monitor(trt, render)
-        config.progress_monitor = monitor
-    else:
-        spinner = _Spinner(render, f"building {plan_path.name}")
-        spinner.start()
+    monitor = _make_progress_monitor(trt, render)  # IProgressMonitor: in the bindings since 10.0, still in 11
+    config.progress_monitor = monitor
     try:
         serialized = builder.build_serialized_network(network, config)  # releases the GIL while it builds
     finally:
-        if spinner is not None:
-            spinner.stop()
         if isinstance(render, StatusLine):
             render.finish()
     if serialized is None:
-        if monitor is not None and monitor.cancelled:
+        if monitor.cancelled:
             raise EngineError(f"building {plan_path.name} was cancelled: run `python tools/build_engines.py` again")
         raise EngineError(
             f"TensorRT {trt.__version__} failed to build {plan_path.name} from {onnx_path.name} (see the TensorRT "
