@@ -10,7 +10,6 @@ same two sets of arrays come back in turn.
 from __future__ import annotations
 
 import time
-
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,6 +19,8 @@ from avatarcam.backends.base import TensorSpec, shape_text
 from avatarcam.errors import EngineError
 
 SLOT_COUNT = 2
+CUDA_EVENTS = ("started", "uploaded", "compute_started", "computed", "downloaded")
+"""The CUDA events each slot records per frame, in stream order (see slot_events)."""
 
 
 class StagingSlot:
@@ -100,6 +101,16 @@ class StagingBuffers:
         stream = self._streams.get("compute")
         return 0 if stream is None else int(stream.cuda_stream)
 
+    def slot_events(self, slot: StagingSlot) -> Mapping[str, Any]:
+        """The CUDA events (CUDA_EVENTS, timing enabled) of the frame last submitted in slot; empty on CPU.
+
+        For timelines across frames (tools/gpu_check.py): read them after collect(slot) and before the slot is
+        submitted again, when they are re-recorded. The events belong to the buffers: do not record them.
+        """
+        if self._device == "cpu":
+            return {}
+        return dict(self._events[slot.index])
+
     def _make_slot(self, index: int) -> StagingSlot:
         if self._device == "cpu":
             host_in = {s.name: self._host_array(s) for s in self._input_specs}
@@ -125,11 +136,10 @@ class StagingBuffers:
                 host[spec.name] = tensor.numpy()  # shares the page-locked memory
                 dev[spec.name] = self._device_tensor(spec)
         self._pinned.append(pinned)
-        # uploaded: inputs are on the device; computed: the device inputs were read and outputs written;
-        # downloaded: outputs are back in host memory.
+        # uploaded: inputs are on the device; compute_started: the compute stream reached this slot's work;
+        # computed: the device inputs were read and outputs written; downloaded: outputs are back in host memory.
         # "started" opens the slot's timeline: with enable_timing, collect() reads per-stage device times.
-        self._events.append({k: torch.cuda.Event(enable_timing=True)
-                             for k in ("started", "uploaded", "computed", "downloaded")})
+        self._events.append({k: torch.cuda.Event(enable_timing=True) for k in CUDA_EVENTS})
         return StagingSlot(
             index=index, host_inputs=host_in, host_outputs=host_out, device_inputs=dev_in, device_outputs=dev_out
         )
@@ -199,6 +209,7 @@ class StagingBuffers:
             compute_stream.wait_event(events["uploaded"])
             # The download submitted two frames ago may still be reading this slot's device outputs.
             compute_stream.wait_event(events["downloaded"])
+            events["compute_started"].record(compute_stream)
             compute(slot)
             events["computed"].record(compute_stream)
         with torch.cuda.stream(download):
@@ -216,7 +227,7 @@ class StagingBuffers:
             # Device-side durations between the slot's events (all complete once the download is).
             self.last_timings_ms = {
                 "upload": events["started"].elapsed_time(events["uploaded"]),
-                "compute": events["uploaded"].elapsed_time(events["computed"]),
+                "compute": events["compute_started"].elapsed_time(events["computed"]),
                 "download": events["computed"].elapsed_time(events["downloaded"]),
             }
         return dict(slot.host_outputs)

@@ -228,7 +228,8 @@ def convert_to_fp16(model: Any, *, keep_fp32_ops: Collection[str] = ()) -> Any:
             source_name = get(output.name, float32)
             new_nodes.append(helper.make_node("Identity", [source_name], [output.name], name=fresh("output", "")))
         else:
-            new_nodes.append(helper.make_node("Identity", [inner(output.name)], [output.name], name=fresh("output", "")))
+            new_nodes.append(helper.make_node("Identity", [inner(output.name)], [output.name],
+                                              name=fresh("output", "")))
 
     converted = helper.make_model(
         helper.make_graph(
