@@ -5,35 +5,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from avatarcam import landmarks as lm
 from avatarcam.capture import CaptureThread, SourceSpec, probe_camera
 from avatarcam.commands import Command
 from avatarcam.config import Config
 from avatarcam.errors import AvatarError, ConfigError, DeviceError, FaceMimicError
-from avatarcam.landmarks import FaceLandmarker
+from avatarcam.landmarks import FaceLandmarker, landmark_model_path
 from avatarcam.motion import Calibrator, MotionSettings
-from avatarcam.paths import PROJECT_ROOT, SAMPLES_DIR
+from avatarcam.paths import PROJECT_ROOT, SAMPLE_DRIVER, project_path
 from avatarcam.pipeline import AvatarStore, LandmarkWorker, Rendered, RenderWorker
 
 log = logging.getLogger(__name__)
-
-SAMPLE_DRIVER = SAMPLES_DIR / "driver.mp4"
-
-
-def project_path(value: str | None) -> Path | None:
-    """A config path: absolute as given, relative to the project folder otherwise."""
-    if value is None:
-        return None
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else PROJECT_ROOT / path
-
 
 def motion_settings(config: Config) -> MotionSettings:
     """The motion section as the motion module's settings."""
@@ -80,11 +68,6 @@ def mesh_warp_runner(backend: str, mesh):
         return None
     log.info("mesh warp: %s", runner.label)
     return runner
-
-
-def landmark_model_path(config: Config) -> Path:
-    """The verified landmark model path (ModelFileError with the fix otherwise)."""
-    return lm.verify_model_file(project_path(config.landmarks.model_path))
 
 
 def resolve_avatar(config: Config) -> tuple[Path | None, int | None, str | None]:

@@ -118,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_self_test(config)
         from avatarcam.app import App
-
         from avatarcam.config import CaptureConfig
 
         # Only the untouched default camera falls back to the sample clip; a camera the user chose is waited for.

@@ -283,6 +283,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _default(f: dataclasses.Field) -> Any:
+    """The default of a config field, whether given as a value or a factory."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    factory: Any = f.default_factory
+    return factory()
+
+
 def documented_keys(cls=Config, prefix: str = "") -> list[tuple[str, Any, str, str]]:
     """(dotted key, default, allowed values, description) for every key: used by --help-config and the tests."""
     rows = []
@@ -292,7 +300,7 @@ def documented_keys(cls=Config, prefix: str = "") -> list[tuple[str, Any, str, s
         if dataclasses.is_dataclass(hints[f.name]):
             rows.extend(documented_keys(hints[f.name], path))
         else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default = _default(f)
             rows.append((path, default, _describe(f), f.metadata.get("doc", "")))
     return rows
 
@@ -328,7 +336,7 @@ def default_config_yaml() -> str:
                 allowed = " [" + " | ".join(str(c) for c in meta["choices"]) + "]"
             elif meta.get("low") is not None:
                 allowed = f" [{meta['low']:g} .. {meta['high']:g}]"
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default = _default(f)
             lines.append(f"{pad}# {meta.get('doc', '')}{allowed}")
             lines.append(f"{pad}{f.name}: {dump(default)}")
 

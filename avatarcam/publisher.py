@@ -115,7 +115,7 @@ class Publisher:
         self._reopens = 0
         self._dropped = 0
         self._rejected = 0
-        self._send_times = collections.deque(maxlen=max(4, int(self._fps * 2)))
+        self._send_times: collections.deque[float] = collections.deque(maxlen=max(4, int(self._fps * 2)))
         self._last_submit_t = time.monotonic()
         self._consecutive_failures = 0
         self._unlogged_failures = 0

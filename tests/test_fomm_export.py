@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from avatarcam.backends import EXPORTABLE_MODELS, HardwareFacts, detect_hardware, load_exported, load_recipe
-from avatarcam.backends.export import verify_onnx
+from avatarcam.backends.verify import verify_onnx
 from avatarcam.errors import EngineError, ModelFileError
 from avatarcam.generators import fomm_export as fx
 from avatarcam.generators.fomm import FommReenactor, FommSettings

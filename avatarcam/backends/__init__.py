@@ -20,7 +20,6 @@ from avatarcam.backends.export import (
     export_onnx,
     load_exported,
     source_hash,
-    verify_onnx,
 )
 from avatarcam.backends.hardware import HardwareFacts, detect_hardware
 from avatarcam.backends.models import EXPORTABLE_MODELS, ExportRecipe, export_registered, load_recipe, model_spec
@@ -36,6 +35,7 @@ from avatarcam.backends.selection import (
 )
 from avatarcam.backends.tensorrt_runner import TensorRTRunner
 from avatarcam.backends.torch_runner import TorchRunner
+from avatarcam.backends.verify import verify_onnx
 
 __all__ = [
     "BACKEND_CHOICES",

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from avatarcam.backends.export import DEFAULT_OPSET, ExportedModel, export_onnx, verify_onnx
+from avatarcam.backends.export import DEFAULT_OPSET, ExportedModel, export_onnx
 from avatarcam.backends.selection import ModelSpec
+from avatarcam.backends.verify import verify_onnx
 from avatarcam.errors import ConfigError
 from avatarcam.paths import ENGINES_DIR
 

@@ -258,7 +258,8 @@ def ensure_exported(
     log_line: Callable[[str], None] = log.info,
 ) -> dict[str, Path]:
     """name -> ONNX path in export_folder(); exports (and verifies against torch) what is missing or stale."""
-    from avatarcam.backends.export import export_onnx, verify_onnx
+    from avatarcam.backends.export import export_onnx
+    from avatarcam.backends.verify import verify_onnx
 
     folder = export_folder(models, engines_dir=engines_dir)
     recipes = recipes_for(models)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -271,7 +271,7 @@ def export_recipe(*, settings: MeshSettings | None = None) -> ExportRecipe:
     io = model_io(settings=settings)
     return ExportRecipe(
         module=MeshWarp(settings=settings).eval(),
-        example_inputs={s.name: np.zeros(s.shape, np.float32) for s in io.inputs},
+        example_inputs={s.name: np.zeros(cast(tuple[int, ...], s.shape), np.float32) for s in io.inputs},
         output_names=OUTPUT_NAMES,
         make_inputs=lambda rng: random_inputs(rng, settings=settings),
         atol=1e-4 * 255.0,  # the image is in [0, 255]: 1e-4 of full scale
@@ -414,7 +414,8 @@ class MeshWarpRunner:
         return self
 
     def _ensure_exported(self, module: Any) -> str:
-        from avatarcam.backends.export import export_onnx, load_exported, source_hash, verify_onnx
+        from avatarcam.backends.export import export_onnx, load_exported, source_hash
+        from avatarcam.backends.verify import verify_onnx
 
         expected = source_hash(module)
         try:
