@@ -37,15 +37,15 @@ def build_reenactor(config: Config):
     """The generator chosen by generator.model."""
     g = config.generator
     if g.model == "mesh":
-        from avatarcam.generators.mesh import MeshSettings
-        from avatarcam.reenact import MeshReenactor
+        from avatarcam.generators.mesh.model import MeshSettings
+        from avatarcam.generators.mesh.reenactor import MeshReenactor
 
         # A motion-field cell finer than 4 canvas pixels buys nothing but time.
         mesh = MeshSettings(canvas_size=g.canvas_size, grid_size=min(g.grid_size, g.canvas_size // 4),
                             mouth_interior=g.mouth_interior)
         return MeshReenactor(mesh=mesh, motion=motion_settings(config), warp_runner=mesh_warp_runner(g.backend, mesh))
     if g.model == "fomm":
-        from avatarcam.generators.fomm import build_fomm_reenactor
+        from avatarcam.generators.fomm.reenactor import build_fomm_reenactor
 
         return build_fomm_reenactor(config)
     raise ConfigError(f"generator.model {g.model!r} is not one of mesh, fomm")
@@ -60,7 +60,7 @@ def mesh_warp_runner(backend: str, mesh):
         if not hardware.cuda_available:
             log.info("mesh warp: numpy/cv2 on the CPU (no CUDA device; the fastest CPU path)")
             return None
-    from avatarcam.generators.mesh_torch import MeshWarpRunner
+    from avatarcam.generators.mesh.torch_warp import MeshWarpRunner
 
     runner = MeshWarpRunner(requested=backend, settings=mesh).open()
     if backend == "auto" and runner.device == "cpu":  # no GPU runtime opened: the CPU path is faster

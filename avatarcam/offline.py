@@ -16,7 +16,7 @@ from avatarcam.avatars import Avatar
 from avatarcam.capture import file_info, iter_frames
 from avatarcam.errors import DeviceError, FaceMimicError
 from avatarcam.landmarks import FaceLandmarker
-from avatarcam.reenact import Reenactor
+from avatarcam.generators.mesh.reenactor import Reenactor
 from avatarcam.types import Frame, Observed
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from avatarcam.errors import AvatarError
 from avatarcam.handoff import LatestSlot
 from avatarcam.landmarks import FaceLandmarker
 from avatarcam.motion import Calibrator
-from avatarcam.reenact import Reenactor
+from avatarcam.generators.mesh.reenactor import Reenactor
 from avatarcam.types import FaceObservation, Frame, Observed
 
 log = logging.getLogger(__name__)

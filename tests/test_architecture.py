@@ -97,15 +97,15 @@ def test_package_imports_without_gpu_display_or_heavy_frameworks():
     blocked = ["tensorrt", "torch", "onnxruntime", "onnx", "pynput", "pyvirtualcam", "cuda"]
     code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in blocked)
             + "import avatarcam, avatarcam.app, avatarcam.cli, avatarcam.pipeline, avatarcam.backends, "
-              "avatarcam.vcam, avatarcam.hotkeys, avatarcam.preview, avatarcam.reenact\nprint('ok')\n")
+              "avatarcam.vcam, avatarcam.hotkeys, avatarcam.preview, avatarcam.generators.mesh.reenactor\nprint('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
 
 
 # Modules that define torch networks import torch at load; everything else reaches them only lazily.
-TORCH_MODULES = {"avatarcam.generators.fomm_model", "avatarcam.generators.fomm_checkpoint",
-                 "avatarcam.generators.mesh_torch", "avatarcam.generators.fomm_export"}
+TORCH_MODULES = {"avatarcam.generators.fomm.model", "avatarcam.generators.fomm.checkpoint",
+                 "avatarcam.generators.mesh.torch_warp", "avatarcam.generators.fomm.export"}
 
 
 def test_imports_flow_one_way():

@@ -22,14 +22,14 @@ from avatarcam.backends import (
 )
 from avatarcam.backends.sidecar import sidecar_path, write_sidecar
 from avatarcam.errors import ConfigError, EngineError, ModelFileError
-from avatarcam.generators.mesh import MeshGenerator, MeshSettings
+from avatarcam.generators.mesh.model import MeshGenerator, MeshSettings
 from avatarcam.motion import DrivenFace, neutral_driven
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from avatarcam.generators import mesh_torch  # noqa: E402 - needs torch
-from avatarcam.generators.mesh_torch import (  # noqa: E402
+from avatarcam.generators.mesh import torch_warp as mesh_torch  # noqa: E402 - needs torch
+from avatarcam.generators.mesh.torch_warp import (  # noqa: E402
     NUM_CONTROL_POINTS,
     MeshWarp,
     MeshWarpRunner,
@@ -128,7 +128,7 @@ def test_control_point_count_is_fixed_by_the_settings(prepared):
 
 
 def test_registry_recipe_has_default_shapes_and_needs_no_landmarker():
-    assert EXPORTABLE_MODELS["mesh_warp"] == "avatarcam.generators.mesh_torch:export_recipe"
+    assert EXPORTABLE_MODELS["mesh_warp"] == "avatarcam.generators.mesh.torch_warp:export_recipe"
     recipe = mesh_torch.export_recipe()
     shapes = {name: a.shape for name, a in recipe.example_inputs.items()}
     assert shapes == {"image": (1, 3, 512, 512), "weights": (16384, 572), "displacements": (572, 2)}

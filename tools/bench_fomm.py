@@ -44,7 +44,7 @@ def make_random_vox256(path: Path, seed: int = 0) -> Path:
     """Save a random-weight vox-256 checkpoint and check its keys and shapes against keys-vox256.json."""
     import torch
 
-    from avatarcam.generators.fomm_model import FommConfig, FommGenerator, FommKeypointDetector
+    from avatarcam.generators.fomm.model import FommConfig, FommGenerator, FommKeypointDetector
 
     torch.manual_seed(seed)
     config = FommConfig.vox256()
@@ -69,7 +69,7 @@ def run_one(runtime: str, checkpoint: Path, engines: Path, driver: Path, avatars
     import numpy as np
 
     from avatarcam.avatars import load_avatar
-    from avatarcam.generators.fomm import FommReenactor, FommSettings
+    from avatarcam.generators.fomm.reenactor import FommReenactor, FommSettings
     from avatarcam.landmarks import DEFAULT_MODEL_PATH, FaceLandmarker
     from avatarcam.motion import MotionSettings
     from avatarcam.types import Frame, Observed

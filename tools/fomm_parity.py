@@ -22,12 +22,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from avatarcam.errors import FaceMimicError  # noqa: E402
-from avatarcam.generators.fomm_checkpoint import (  # noqa: E402
+from avatarcam.generators.fomm.checkpoint import (  # noqa: E402
     infer_fomm_config,
     load_fomm_checkpoint,
     read_fomm_state_dicts,
 )
-from avatarcam.generators.fomm_model import FommConfig, movement_scale, normalize_kp  # noqa: E402
+from avatarcam.generators.fomm.model import FommConfig, movement_scale, normalize_kp  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "fomm"
 

@@ -13,7 +13,7 @@ weights) until that model is exported or run on torch:
         )
 
     # here:
-    "mesh_warp": "avatarcam.generators.mesh:export_recipe",
+    "mesh_warp": "avatarcam.generators.mesh.model:export_recipe",
 
 Then `python tools/export_onnx.py --model mesh_warp` writes engines/mesh_warp.onnx + engines/mesh_warp.json and
 prints the max abs error against torch, and `model_spec("mesh_warp", cpu_runtime="torch")` gives select_backend
@@ -78,10 +78,10 @@ class ExportRecipe:
 
 EXPORTABLE_MODELS: dict[str, str | RecipeFactory] = {
     # One line per model: "name": "package.module:function returning ExportRecipe".
-    "mesh_warp": "avatarcam.generators.mesh_torch:export_recipe",
-    "fomm_kp_detector": "avatarcam.generators.fomm_export:kp_detector_recipe",
-    "fomm_source_encoder": "avatarcam.generators.fomm_export:source_encoder_recipe",
-    "fomm_frame_generator": "avatarcam.generators.fomm_export:frame_generator_recipe",
+    "mesh_warp": "avatarcam.generators.mesh.torch_warp:export_recipe",
+    "fomm_kp_detector": "avatarcam.generators.fomm.export:kp_detector_recipe",
+    "fomm_source_encoder": "avatarcam.generators.fomm.export:source_encoder_recipe",
+    "fomm_frame_generator": "avatarcam.generators.fomm.export:frame_generator_recipe",
 }
 """Every model tools/export_onnx.py can export, by name."""
 

@@ -111,7 +111,7 @@ def weights_key(kp_detector: Any, generator: Any) -> str:
 
 def load_fomm_models(checkpoint: Path | str, *, image_size: int | None = None) -> FommModels:
     """Load a checkpoint (config inferred from its shapes) and compute its cache key; ModelFileError if unusable."""
-    from avatarcam.generators.fomm_checkpoint import load_fomm_checkpoint
+    from avatarcam.generators.fomm.checkpoint import load_fomm_checkpoint
 
     checkpoint = Path(checkpoint).expanduser()
     kp_detector, generator = load_fomm_checkpoint(checkpoint)
@@ -177,7 +177,7 @@ def _random_keypoints(rng: np.random.Generator, num_kp: int) -> tuple[np.ndarray
 
 
 def _module_builders(models: FommModels) -> dict[str, Callable[[], Any]]:
-    from avatarcam.generators.fomm_model import FommFrameGenerator, FommSourceEncoder
+    from avatarcam.generators.fomm.model import FommFrameGenerator, FommSourceEncoder
 
     return {
         KP_DETECTOR: lambda: models.kp_detector,

@@ -48,7 +48,7 @@ from avatarcam.backends.hardware import HardwareFacts, detect_hardware
 from avatarcam.backends.models import ExportRecipe
 from avatarcam.backends.selection import BACKEND_CHOICES, ModelSpec, open_backend
 from avatarcam.errors import ConfigError, EngineError, ModelFileError
-from avatarcam.generators.mesh import FACE_CONTROL, FOLD_DET, UNFOLD_PASSES, MeshSettings, PreparedMesh
+from avatarcam.generators.mesh.model import FACE_CONTROL, FOLD_DET, UNFOLD_PASSES, MeshSettings, PreparedMesh
 from avatarcam.paths import ENGINES_DIR
 
 _LOG = logging.getLogger("avatarcam.generators")

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from avatarcam.avatars import Avatar
-from avatarcam.generators.mesh import MeshGenerator, MeshSettings, PreparedMesh
+from avatarcam.generators.mesh.model import MeshGenerator, MeshSettings, PreparedMesh
 from avatarcam.motion import MotionSettings, MotionTransfer, Neutral, neutral_from_faces
 from avatarcam.types import Observed
 
