@@ -15,60 +15,14 @@ import numpy as np
 from avatarcam.capture import CaptureThread, SourceSpec, probe_camera
 from avatarcam.commands import Command
 from avatarcam.config import Config
-from avatarcam.errors import AvatarError, ConfigError, DeviceError, FaceMimicError
+from avatarcam.errors import AvatarError, DeviceError, FaceMimicError
+from avatarcam.generators import build_reenactor
 from avatarcam.landmarks import FaceLandmarker, landmark_model_path
-from avatarcam.motion import Calibrator, MotionSettings
+from avatarcam.motion import Calibrator
 from avatarcam.paths import PROJECT_ROOT, SAMPLE_DRIVER, project_path
 from avatarcam.pipeline import AvatarStore, LandmarkWorker, Rendered, RenderWorker
 
 log = logging.getLogger(__name__)
-
-def motion_settings(config: Config) -> MotionSettings:
-    """The motion section as the motion module's settings."""
-    m = config.motion
-    return MotionSettings(
-        intensity=dict(vars(m.intensity)), head_rotation=m.head_rotation, head_translation=m.head_translation,
-        scale_lock=m.scale_lock, smoothing=m.smoothing, lost_face_hold_s=m.lost_face_hold_s,
-        lost_face_ease_s=m.lost_face_ease_s,
-    )
-
-
-def build_reenactor(config: Config):
-    """The generator chosen by generator.model."""
-    g = config.generator
-    if g.model == "mesh":
-        from avatarcam.generators.mesh.model import MeshSettings
-        from avatarcam.generators.mesh.reenactor import MeshReenactor
-
-        # A motion-field cell finer than 4 canvas pixels buys nothing but time.
-        mesh = MeshSettings(canvas_size=g.canvas_size, grid_size=min(g.grid_size, g.canvas_size // 4),
-                            mouth_interior=g.mouth_interior)
-        return MeshReenactor(mesh=mesh, motion=motion_settings(config), warp_runner=mesh_warp_runner(g.backend, mesh))
-    if g.model == "fomm":
-        from avatarcam.generators.fomm.reenactor import build_fomm_reenactor
-
-        return build_fomm_reenactor(config)
-    raise ConfigError(f"generator.model {g.model!r} is not one of mesh, fomm")
-
-
-def mesh_warp_runner(backend: str, mesh):
-    """An open MeshWarpRunner for a GPU runtime or a runtime asked for by name; None for the numpy/cv2 CPU path."""
-    if backend == "auto":
-        from avatarcam.backends import detect_hardware
-
-        hardware = detect_hardware()
-        if not hardware.cuda_available:
-            log.info("mesh warp: numpy/cv2 on the CPU (no CUDA device; the fastest CPU path)")
-            return None
-    from avatarcam.generators.mesh.torch_warp import MeshWarpRunner
-
-    runner = MeshWarpRunner(requested=backend, settings=mesh).open()
-    if backend == "auto" and runner.device == "cpu":  # no GPU runtime opened: the CPU path is faster
-        runner.close()
-        return None
-    log.info("mesh warp: %s", runner.label)
-    return runner
-
 
 def resolve_avatar(config: Config) -> tuple[Path | None, int | None, str | None]:
     """The start avatar as (explicit path, 1-based index, name); exactly one is set."""
@@ -187,15 +141,10 @@ class App:
         if worker is None or last is None or last.face is None or self.store is None:
             log.info("best match needs a face in view")
             return
-        from avatarcam.matching import best_matching_avatar
         from avatarcam.types import Observed
 
         entries = self.store.entries()
-        reenactor = worker.reenactor
-        if hasattr(reenactor, "best_match"):  # FOMM ranks avatars by keypoints, as Avatarify does
-            index = reenactor.best_match([p for _, p in entries], Observed(frame=last.frame, face=last.face))
-        else:
-            index = best_matching_avatar(last.face, [a for a, _ in entries])
+        index = worker.reenactor.best_match([p for _, p in entries], Observed(frame=last.frame, face=last.face))
         log.info("best match: %s", entries[index][0].name if index is not None else "none")
         if index is not None and index < 9:
             worker.submit(list(Command)[index])
@@ -246,7 +195,7 @@ class App:
         model_path = landmark_model_path(config)
         global_bindings = parse_global_bindings(config.hotkeys.global_keys)
         preview_bindings = parse_preview_bindings(config.hotkeys.preview_keys)
-        reenactor = build_reenactor(config)
+        reenactor = build_reenactor(config.generator, config.motion)
         spec, is_sample = self._source()
         want_preview = config.output.preview == "on" or (config.output.preview == "auto" and has_display())
         outputs = self._open_outputs(reenactor.canvas_size, want_preview, spec)
@@ -285,7 +234,7 @@ class App:
                               Calibrator(window_s=config.calibration.window_s if spec.live else 0.0,
                                          strict=config.calibration.strict and spec.live),
                               start_avatar=start_index,
-                              on_intensity=on_intensity if hasattr(reenactor, "motion") else None)
+                              on_intensity=on_intensity)
         self.render_worker = worker
 
         publishers = []
@@ -361,8 +310,7 @@ class App:
             if preview is not None:
                 preview.close()
             landmarker.close()
-            if hasattr(reenactor, "close"):
-                reenactor.close()
+            reenactor.close()
         self.summary = RunSummary(
             frames_rendered=worker.frames_rendered, frames_captured=capture.frames_read,
             video_path=outputs["video_path"], outputs=tuple(outputs["names"]) + (("preview",) if preview else ()),

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from avatarcam.errors import ConfigError
+from avatarcam.generators import GENERATORS
 
 
 def _key(default: Any, doc: str, *, choices: tuple | None = None, low: float | None = None,
@@ -86,8 +87,7 @@ class MotionConfig:
 class GeneratorConfig:
     """Which generator animates the avatar, and its quality settings."""
 
-    model: str = _key("mesh", "mesh: built-in landmark warp (CPU, nothing to download); fomm: First Order Motion "
-                      "Model from your own checkpoint", choices=("mesh", "fomm"))
+    model: str = _key("mesh", "; ".join(f"{n}: {f.summary}" for n, f in GENERATORS.items()), choices=tuple(GENERATORS))
     canvas_size: int = _key(512, "side of the square avatar canvas in pixels", choices=(256, 384, 512, 768, 1024))
     grid_size: int = _key(128, "mesh: resolution of the motion field (higher follows small details better; "
                           "capped at canvas_size / 4)",

@@ -15,8 +15,8 @@ import numpy as np
 from avatarcam.avatars import Avatar
 from avatarcam.capture import file_info, iter_frames
 from avatarcam.errors import DeviceError, FaceMimicError
+from avatarcam.generators.base import Reenactor
 from avatarcam.landmarks import FaceLandmarker
-from avatarcam.generators.mesh.reenactor import Reenactor
 from avatarcam.types import Frame, Observed
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def render_video(driver_path: str, avatar: Avatar, prepared, reenactor: Reenacto
     """Render every driver frame in order; nothing is dropped or duplicated."""
     count, fps, _ = file_info(driver_path)
     # A reenactor that does not use landmarks (FOMM without cropping) needs no face, so MediaPipe is not run.
-    needs_landmarks = getattr(reenactor, "needs_landmarks", True)
+    needs_landmarks = reenactor.needs_landmarks
     neutral_obs = neutral_face_at(driver_path, neutral_frame, model_path, require_face=needs_landmarks)
     neutral = reenactor.neutral_from([neutral_obs])
     reenactor.reset()

@@ -23,10 +23,10 @@ import numpy as np
 from avatarcam.avatars import Avatar, load_avatar, scan_folder
 from avatarcam.commands import Command
 from avatarcam.errors import AvatarError
+from avatarcam.generators.base import Reenactor
 from avatarcam.handoff import LatestSlot
 from avatarcam.landmarks import FaceLandmarker
 from avatarcam.motion import Calibrator
-from avatarcam.generators.mesh.reenactor import Reenactor
 from avatarcam.types import FaceObservation, Frame, Observed
 
 log = logging.getLogger(__name__)

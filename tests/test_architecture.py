@@ -57,6 +57,8 @@ def all_imports(path: Path, *, modules=None) -> set[str]:
         elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
                 and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module":
             names.add(str(node.args[0].value))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and REGISTRY_STRING.fullmatch(node.value):
+            names.add(node.value.partition(":")[0])
     return names
 
 
@@ -97,7 +99,8 @@ def test_package_imports_without_gpu_display_or_heavy_frameworks():
     blocked = ["tensorrt", "torch", "onnxruntime", "onnx", "pynput", "pyvirtualcam", "cuda"]
     code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in blocked)
             + "import avatarcam, avatarcam.app, avatarcam.cli, avatarcam.pipeline, avatarcam.backends, "
-              "avatarcam.vcam, avatarcam.hotkeys, avatarcam.preview, avatarcam.generators.mesh.reenactor\nprint('ok')\n")
+              "avatarcam.vcam, avatarcam.hotkeys, avatarcam.preview, avatarcam.generators, "
+              "avatarcam.generators.mesh.reenactor, avatarcam.generators.fomm.reenactor\nprint('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
@@ -145,9 +148,12 @@ def test_the_circle_finder_sees_lazy_importlib_and_registry_imports(tmp_path):
         "b.py": "import avatarcam.a\n",
         "c.py": "import importlib\nX = importlib.import_module('avatarcam.d')\n",
         "d.py": "from avatarcam.c import X\n",
+        "e.py": "REGISTRY = {'f': 'avatarcam.f:make'}\n",
+        "f.py": "from avatarcam import e\n",
         "g.py": "from avatarcam import a\n",
     }
     for name, text in files.items():
         (package / name).write_text(text)
     modules = {f"avatarcam.{p.stem}": p for p in package.glob("*.py")}
-    assert sorted(import_circles(modules)) == [["avatarcam.a", "avatarcam.b"], ["avatarcam.c", "avatarcam.d"]]
+    assert sorted(import_circles(modules)) == [["avatarcam.a", "avatarcam.b"], ["avatarcam.c", "avatarcam.d"],
+                                              ["avatarcam.e", "avatarcam.f"]]

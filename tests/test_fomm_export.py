@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from avatarcam.backends import EXPORTABLE_MODELS, HardwareFacts, detect_hardware, load_exported, load_recipe
+from avatarcam.backends import HardwareFacts, detect_hardware, load_exported
+from avatarcam.generators import EXPORTABLE_MODELS, load_recipe
 from avatarcam.backends.verify import verify_onnx
 from avatarcam.errors import EngineError, ModelFileError
 from avatarcam.generators.fomm import export as fx

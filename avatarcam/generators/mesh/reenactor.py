@@ -1,46 +1,29 @@
-"""Reenactors: one per generator, each turning (avatar, driver frame, neutral) into an output canvas.
-
-A reenactor is what the live pipeline, the offline renderer and the benchmark drive, so all three produce the
-same frames from the same inputs.
-"""
+"""The mesh family's reenactor: relative motion transfer of the landmarks, then the dense warp."""
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from avatarcam.avatars import Avatar
+from avatarcam.generators.base import GeneratorSections
 from avatarcam.generators.mesh.model import MeshGenerator, MeshSettings, PreparedMesh
+from avatarcam.matching import shape_distance
 from avatarcam.motion import MotionSettings, MotionTransfer, Neutral, neutral_from_faces
 from avatarcam.types import Observed
 
-
-class Reenactor(Protocol):
-    """The per-generator stage of the pipeline."""
-
-    name: str
-    canvas_size: int
-
-    def prepare(self, avatar: Avatar) -> Any:
-        """Everything computed once per avatar (may take a second; run it off the render thread)."""
-
-    def neutral_from(self, window: list[Observed]) -> Any:
-        """The driver's neutral from a calibration window."""
-
-    def render(self, prepared: Any, observed: Observed | None, neutral: Any, time_s: float,
-               out: np.ndarray, timings: dict[str, float] | None = None) -> np.ndarray:
-        """Draw the avatar for this driver frame into `out` (S, S, 3) uint8 BGR and return it."""
-
-    def reset(self) -> None:
-        """Forget temporal state (after recalibration or an avatar switch)."""
+log = logging.getLogger(__name__)
 
 
 class MeshReenactor:
-    """The built-in landmark-driven generator with relative motion transfer."""
+    """The built-in landmark-driven generator with relative motion transfer (a Reenactor[PreparedMesh, Neutral])."""
 
     name = "mesh"
+    needs_landmarks = True
 
     def __init__(self, *, mesh: MeshSettings | None = None, motion: MotionSettings | None = None, warp_runner=None):
         self.generator = MeshGenerator(mesh, warp_runner=warp_runner)
@@ -78,8 +61,44 @@ class MeshReenactor:
         runner = self.generator.warp_runner
         return "numpy/cv2 (CPU)" if runner is None else runner.label
 
+    def best_match(self, prepared: Sequence[PreparedMesh], observed: Observed) -> int | None:
+        """The avatar whose landmarks are closest in shape and pose to the driver's face (matching.shape_distance)."""
+        if observed.face is None or not prepared:
+            return None
+        distances = [shape_distance(observed.face.points_px, p.face.points) for p in prepared]
+        return int(np.argmin(distances))
+
     def close(self) -> None:
         """Release the warp runtime, if one is open."""
         if self.generator.warp_runner is not None:
             self.generator.warp_runner.close()
             self.generator.warp_runner = None
+
+
+def mesh_warp_runner(backend: str, mesh: MeshSettings) -> Any:
+    """An open MeshWarpRunner for a GPU runtime or a runtime asked for by name; None for the numpy/cv2 CPU path."""
+    if backend == "auto":
+        from avatarcam.backends import detect_hardware
+
+        hardware = detect_hardware()
+        if not hardware.cuda_available:
+            log.info("mesh warp: numpy/cv2 on the CPU (no CUDA device; the fastest CPU path)")
+            return None
+    from avatarcam.generators.mesh.torch_warp import MeshWarpRunner
+
+    runner = MeshWarpRunner(requested=backend, settings=mesh).open()
+    if backend == "auto" and runner.device == "cpu":  # no GPU runtime opened: the CPU path is faster
+        runner.close()
+        return None
+    log.info("mesh warp: %s", runner.label)
+    return runner
+
+
+def build_mesh_reenactor(sections: GeneratorSections) -> MeshReenactor:
+    """The mesh reenactor for generator.{canvas_size, grid_size, mouth_interior, backend} and the motion section."""
+    g = sections.generator
+    # A motion-field cell finer than 4 canvas pixels buys nothing but time.
+    mesh = MeshSettings(canvas_size=g.canvas_size, grid_size=min(g.grid_size, g.canvas_size // 4),
+                        mouth_interior=g.mouth_interior)
+    return MeshReenactor(mesh=mesh, motion=MotionSettings.from_section(sections.motion),
+                         warp_runner=mesh_warp_runner(g.backend, mesh))
