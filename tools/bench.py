@@ -22,11 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from avatarcam.generators import GENERATORS
+from avatarcam.timing import percentiles_ms
 
-from avatarcam.generators import GENERATORS  # noqa: E402
-from avatarcam.timing import percentiles_ms  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 STAGES = ("decode", "landmarks", "motion", "generate", "compose", "output")
 THROUGHPUT_CAMERA_FPS = 60.0
@@ -48,10 +47,9 @@ def run_one(size: int, seconds: float, camera_fps: float, clip: Path, avatar_pat
     """One configuration, in this process: returns the measurements."""
     import numpy as np
 
-    from avatarcam.generators import build_reenactor
-    from avatarcam.avatars import load_avatar
     from avatarcam.capture import CaptureThread, SourceSpec
     from avatarcam.config import load_config
+    from avatarcam.generators import build_reenactor
     from avatarcam.landmarks import FaceLandmarker, landmark_model_path
     from avatarcam.motion import Calibrator
     from avatarcam.pipeline import AvatarStore, LandmarkWorker, RenderWorker

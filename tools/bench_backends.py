@@ -25,13 +25,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
+from avatarcam.timing import percentiles_ms
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tools/ run as scripts; the package lives one level up
-
-from avatarcam.timing import percentiles_ms  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 DEFAULT_AVATAR = ROOT / "tests" / "fixtures" / "source" / "lp_s42.jpg"
 BACKENDS = ("numpy-cv2", "torch", "onnxruntime", "tensorrt")

@@ -28,11 +28,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tools/ run as scripts; the package lives one level up
+from avatarcam.timing import percentiles_ms
 
-from avatarcam.timing import percentiles_ms  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_DRIVER = ROOT / "tests" / "fixtures" / "driving" / "d12.mp4"
 DEFAULT_AVATARS = (ROOT / "avatars" / "astronaut.png", ROOT / "tests" / "fixtures" / "source" / "lp_s42.jpg")

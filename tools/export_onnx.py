@@ -12,12 +12,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tools/ run as scripts; the package lives one level up
+from avatarcam.errors import FaceMimicError
+from avatarcam.paths import ENGINES_DIR
 
-from avatarcam.errors import FaceMimicError  # noqa: E402
-from avatarcam.paths import ENGINES_DIR  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

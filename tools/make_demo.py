@@ -12,18 +12,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+import cv2
+import numpy as np
+
+from avatarcam.avatars import load_avatar
+from avatarcam.capture import iter_frames
+from avatarcam.config import load_config
+from avatarcam.generators import build_reenactor
+from avatarcam.landmarks import FaceLandmarker, landmark_model_path
+from avatarcam.offline import render_video
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from avatarcam.generators import build_reenactor  # noqa: E402
-from avatarcam.avatars import load_avatar  # noqa: E402
-from avatarcam.capture import iter_frames  # noqa: E402
-from avatarcam.config import load_config  # noqa: E402
-from avatarcam.landmarks import FaceLandmarker, landmark_model_path  # noqa: E402
-from avatarcam.offline import render_video  # noqa: E402
 
 
 def main() -> int:

@@ -10,15 +10,13 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from avatarcam.generators import GENERATORS, build_reenactor  # noqa: E402
-from avatarcam.avatars import load_avatar  # noqa: E402
-from avatarcam.config import load_config, parse_override  # noqa: E402
-from avatarcam.errors import FaceMimicError  # noqa: E402
-from avatarcam.landmarks import FaceLandmarker, landmark_model_path  # noqa: E402
-from avatarcam.offline import render_video  # noqa: E402
-from avatarcam.paths import DEFAULT_CONFIG  # noqa: E402
+from avatarcam.avatars import load_avatar
+from avatarcam.config import load_config, parse_override
+from avatarcam.errors import FaceMimicError
+from avatarcam.generators import GENERATORS, build_reenactor
+from avatarcam.landmarks import FaceLandmarker, landmark_model_path
+from avatarcam.offline import render_video
+from avatarcam.paths import DEFAULT_CONFIG
 
 
 def main(argv: list[str] | None = None) -> int:
