@@ -245,10 +245,6 @@ class OutputStage:
         """fps and failure of every output."""
         return [OutputReport(o.name, o.buffering, o.fps, self._failed.get(o.name)) for o in self._outputs]
 
-    def fps_of(self, name: str) -> float | None:
-        """The fps of the named output, None if it is not subscribed or has none yet."""
-        return next((r.fps for r in self.reports() if r.name == name), None)
-
     def stop(self) -> None:
         """Stop every output (each even if another one fails to stop); idempotent."""
         for output in reversed(self._outputs):

@@ -210,11 +210,6 @@ class RenderWorker(Worker):
         }
 
     @property
-    def handled_commands(self) -> frozenset[Command]:
-        """The commands this worker carries out (the app forwards these here)."""
-        return frozenset(self._actions) | {c for c in Command if c.avatar_slot is not None}
-
-    @property
     def calibrated(self) -> bool:
         """True once a neutral pose has been taken."""
         return self._neutral is not None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -60,10 +60,3 @@ class Observed:
     frame: Frame
     face: FaceObservation | None
     landmarks_ms: float = 0.0
-
-
-@dataclass
-class StageTimes:
-    """Per-frame stage durations in milliseconds, filled as a frame moves through the pipeline."""
-
-    ms: dict[str, float] = field(default_factory=dict)

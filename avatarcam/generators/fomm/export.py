@@ -7,7 +7,7 @@ The three share one naming scheme with `EXPORTABLE_MODELS` and the reenactor:
     fomm_frame_generator  source_image, source_features, kp_source_value, kp_source_jacobian,
                           kp_driving_value, kp_driving_jacobian   -> prediction (1, 3, H, W)
 
-Images are float32 RGB in [0, 1], NCHW; keypoints as in `fomm_model`. Shapes are static (batch 1, one image size),
+Images are float32 RGB in [0, 1], NCHW; keypoints as in `fomm.model`. Shapes are static (batch 1, one image size),
 so ONNX Runtime binds preallocated buffers and TensorRT builds one profile.
 
 Which checkpoint: the reenactor passes its own (`recipes_for`, `ensure_exported`) and keeps every checkpoint's files

@@ -82,7 +82,7 @@ class MeshGenerator:
 
     def __init__(self, settings: MeshSettings | None = None, *, warp_runner=None):
         self.settings = settings or MeshSettings()
-        # An open MeshWarpRunner (mesh_torch.py) runs the warp on a GPU runtime; None keeps the numpy/cv2 path,
+        # An open MeshWarpRunner (torch_warp.py) runs the warp on a GPU runtime; None keeps the numpy/cv2 path,
         # which is the fastest on CPU (tools/bench_backends.py).
         self.warp_runner = warp_runner
         size, grid = self.settings.canvas_size, self.settings.grid_size
