@@ -185,6 +185,7 @@ class App:
             cleanup.callback(outputs.stop)
             video_path = self._subscribe_sinks(outputs, reenactor.canvas_size, want_preview)
             store = self.store = self._avatar_store(model_path, reenactor)
+            cleanup.callback(store.close)
             first_avatar, _ = store.load_first(self._first_avatar(store))
             store.reload()
             capture = self.capture = self._capture(spec, looping=want_preview or "vcam" in outputs.names)

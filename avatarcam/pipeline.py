@@ -110,6 +110,7 @@ class AvatarStore:
         self.version = 0
         """Incremented whenever the list of avatars changes."""
         self._loader: TaskWorker | None = None
+        self._closing = threading.Event()
 
     @property
     def loader(self) -> TaskWorker | None:
@@ -142,6 +143,8 @@ class AvatarStore:
             entries, skipped = [], []
             with self._make_landmarker() as landmarker:
                 for path in paths:
+                    if self._closing.is_set():  # the app is stopping: the list is not needed any more
+                        return
                     if path in known and path.stat().st_mtime <= known[path][0].loaded_time_s:
                         entries.append(known[path])
                         continue
@@ -162,6 +165,12 @@ class AvatarStore:
         finally:
             self.loading.clear()
             self.loaded.set()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop a background load after the avatar it is preparing, and wait up to timeout_s for it; idempotent."""
+        self._closing.set()
+        if self._loader is not None:
+            self._loader.stop(timeout_s)
 
     def entries(self) -> list[tuple[Avatar, Any]]:
         """Snapshot of the (avatar, prepared) list in hotkey order."""
