@@ -1,90 +1,47 @@
-"""The composition root: the one place that builds concrete stages from the config and wires them together."""
+"""The composition root: the one place that builds concrete stages from the config and wires them together.
+
+App.run builds every stage in one visible block and hands the running to a session.Session (the main-thread pump);
+commands from hotkeys and the preview are carried out through one table per owner (App._actions here, the render
+worker's for what happens on the render thread).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-import cv2
-import numpy as np
-
-from avatarcam import landmarks as lm
 from avatarcam.capture import CaptureThread, SourceSpec, probe_camera
-from avatarcam.commands import Command
+from avatarcam.commands import Command, SelectAvatar
 from avatarcam.config import Config
-from avatarcam.errors import AvatarError, ConfigError, DeviceError, FaceMimicError
-from avatarcam.landmarks import FaceLandmarker
-from avatarcam.motion import Calibrator, MotionSettings
-from avatarcam.paths import PROJECT_ROOT, SAMPLES_DIR
+from avatarcam.errors import AvatarError, FaceMimicError
+from avatarcam.generators import build_reenactor
+from avatarcam.landmarks import FaceLandmarker, landmark_model_path
+from avatarcam.motion import Calibrator
+from avatarcam.outputs import (
+    OutputStage,
+    PreviewOutput,
+    PublishedOutput,
+    StatusLine,
+    driver_with_landmarks,
+    save_snapshot,
+)
+from avatarcam.paths import PROJECT_ROOT, SAMPLE_DRIVER, project_path
 from avatarcam.pipeline import AvatarStore, LandmarkWorker, Rendered, RenderWorker
+from avatarcam.session import Session, SessionHooks
+from avatarcam.sinks.video_file import VideoFileSink
+from avatarcam.types import Observed
+from avatarcam.workers import Worker
 
 log = logging.getLogger(__name__)
 
-SAMPLE_DRIVER = SAMPLES_DIR / "driver.mp4"
-
-
-def project_path(value: str | None) -> Path | None:
-    """A config path: absolute as given, relative to the project folder otherwise."""
-    if value is None:
-        return None
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else PROJECT_ROOT / path
-
-
-def motion_settings(config: Config) -> MotionSettings:
-    """The motion section as the motion module's settings."""
-    m = config.motion
-    return MotionSettings(
-        intensity=dict(vars(m.intensity)), head_rotation=m.head_rotation, head_translation=m.head_translation,
-        scale_lock=m.scale_lock, smoothing=m.smoothing, lost_face_hold_s=m.lost_face_hold_s,
-        lost_face_ease_s=m.lost_face_ease_s,
-    )
-
-
-def build_reenactor(config: Config):
-    """The generator chosen by generator.model."""
-    g = config.generator
-    if g.model == "mesh":
-        from avatarcam.generators.mesh import MeshSettings
-        from avatarcam.reenact import MeshReenactor
-
-        # A motion-field cell finer than 4 canvas pixels buys nothing but time.
-        mesh = MeshSettings(canvas_size=g.canvas_size, grid_size=min(g.grid_size, g.canvas_size // 4),
-                            mouth_interior=g.mouth_interior)
-        return MeshReenactor(mesh=mesh, motion=motion_settings(config), warp_runner=mesh_warp_runner(g.backend, mesh))
-    if g.model == "fomm":
-        from avatarcam.generators.fomm import build_fomm_reenactor
-
-        return build_fomm_reenactor(config)
-    raise ConfigError(f"generator.model {g.model!r} is not one of mesh, fomm")
-
-
-def mesh_warp_runner(backend: str, mesh):
-    """An open MeshWarpRunner for a GPU runtime or a runtime asked for by name; None for the numpy/cv2 CPU path."""
-    if backend == "auto":
-        from avatarcam.backends import detect_hardware
-
-        hardware = detect_hardware()
-        if not hardware.cuda_available:
-            log.info("mesh warp: numpy/cv2 on the CPU (no CUDA device; the fastest CPU path)")
-            return None
-    from avatarcam.generators.mesh_torch import MeshWarpRunner
-
-    runner = MeshWarpRunner(requested=backend, settings=mesh).open()
-    if backend == "auto" and runner.device == "cpu":  # no GPU runtime opened: the CPU path is faster
-        runner.close()
-        return None
-    log.info("mesh warp: %s", runner.label)
-    return runner
-
-
-def landmark_model_path(config: Config) -> Path:
-    """The verified landmark model path (ModelFileError with the fix otherwise)."""
-    return lm.verify_model_file(project_path(config.landmarks.model_path))
+__all__ = ["App", "RunSummary", "VideoFileSink", "driver_with_landmarks", "resolve_avatar"]
 
 
 def resolve_avatar(config: Config) -> tuple[Path | None, int | None, str | None]:
@@ -111,58 +68,11 @@ class RunSummary:
     seconds: float = 0.0
 
 
-def driver_with_landmarks(frame_bgr: np.ndarray, face, *, max_side: int = 320) -> np.ndarray:
-    """A small copy of the driver frame with its landmarks drawn (the preview overlay and snapshots)."""
-    scale = min(1.0, max_side / max(frame_bgr.shape[:2]))
-    small = cv2.resize(frame_bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 \
-        else frame_bgr.copy()
-    if face is not None:
-        for x, y in face.points_px[:, :2] * scale:
-            cv2.circle(small, (int(x), int(y)), 1, (80, 255, 80), -1, cv2.LINE_AA)
-    return small
-
-
-class VideoFileSink:
-    """A FrameSink that records frames to a video file (the output when there is no display or camera)."""
-
-    def __init__(self, path: Path, *, width: int, height: int, fps: float):
-        self.path = Path(path)
-        self._width, self._height, self.fps_value = width, height, fps
-        self._writer: cv2.VideoWriter | None = None
-        self.frames_written = 0
-
-    @property
-    def width(self) -> int:
-        return self._width
-
-    @property
-    def height(self) -> int:
-        return self._height
-
-    def open(self) -> VideoFileSink:
-        from avatarcam.offline import open_writer
-
-        if self._writer is None:
-            self._writer = open_writer(self.path, self.fps_value, (self._width, self._height))
-        return self
-
-    def send(self, frame_bgr: np.ndarray) -> None:
-        if self._writer is None:
-            raise DeviceError(f"video file {self.path} is not open")
-        self._writer.write(frame_bgr)
-        self.frames_written += 1
-
-    def close(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.release()
-
-
 class App:
     """FaceMimic live: capture, landmarks, reenactment, virtual camera, preview, hotkeys."""
 
     def __init__(self, config: Config, *, duration_s: float | None = None, source_explicit: bool = False,
-                 on_rendered=None):
+                 on_rendered: Callable[[Rendered], None] | None = None):
         self.config = config
         self.duration_s = duration_s
         self.source_explicit = source_explicit
@@ -172,71 +82,70 @@ class App:
         self.summary = RunSummary()
         self._on_rendered = on_rendered
         self._last: Rendered | None = None
-        self._lock = threading.Lock()
         self.render_worker: RenderWorker | None = None
         self.store: AvatarStore | None = None
         self.capture: CaptureThread | None = None
         self.notes: list[str] = []
-        self.inbox = None
+        self.inbox: Any = None
+        self.status: StatusLine | None = None
+        """The status line of the running session (failures included); None before run()."""
+        # The app's command table; every other command goes to the render worker's table.
+        self._actions: dict[Command, Callable[[], Any]] = {
+            Command.QUIT: self.stop_event.set,
+            Command.OVERLAY: self._toggle_overlay,
+            Command.STATS: self._toggle_stats,
+            Command.RELOAD_AVATARS: self._reload_avatars,
+            Command.SNAPSHOT: self.snapshot,
+            Command.BEST_MATCH_AVATAR: self._best_match,
+        }
 
-    # -- commands from hotkeys and the preview window (any thread)
+    # -- commands from hotkeys and the preview window
 
     def handle(self, command: Command) -> None:
         """Carry out one user command."""
         log.info("command: %s", command.value)
-        if command is Command.QUIT:
-            self.stop_event.set()
-        elif command is Command.OVERLAY:
-            self.show_overlay = not self.show_overlay
-        elif command is Command.STATS:
-            self.show_stats = not self.show_stats
-        elif command is Command.RELOAD_AVATARS and self.store is not None:
-            self.store.reload()
-        elif command is Command.SNAPSHOT:
-            self.snapshot()
-        elif command is Command.BEST_MATCH_AVATAR:
-            self._best_match()
+        action = self._actions.get(command)
+        if action is not None:
+            action()
         elif self.render_worker is not None:
             self.render_worker.submit(command)
 
+    def _toggle_overlay(self) -> None:
+        self.show_overlay = not self.show_overlay
+
+    def _toggle_stats(self) -> None:
+        self.show_stats = not self.show_stats
+
+    def _reload_avatars(self) -> None:
+        if self.store is not None:
+            self.store.reload()
+
     def _best_match(self) -> None:
         worker, last = self.render_worker, self._last
-        if worker is None or last is None or last.face is None or self.store is None:
+        if worker is None or last is None or last.face is None or last.frame is None or self.store is None:
             log.info("best match needs a face in view")
             return
-        from avatarcam.matching import best_matching_avatar
-        from avatarcam.types import Observed
-
         entries = self.store.entries()
-        reenactor = worker.reenactor
-        if hasattr(reenactor, "best_match"):  # FOMM ranks avatars by keypoints, as Avatarify does
-            index = reenactor.best_match([p for _, p in entries], Observed(frame=last.frame, face=last.face))
-        else:
-            index = best_matching_avatar(last.face, [a for a, _ in entries])
+        index = worker.reenactor.best_match([p for _, p in entries], Observed(frame=last.frame, face=last.face))
         log.info("best match: %s", entries[index][0].name if index is not None else "none")
-        if index is not None and index < 9:
-            worker.submit(list(Command)[index])
+        if index is not None:
+            worker.submit(SelectAvatar(index))
 
     def snapshot(self) -> list[Path]:
         """Save the driver frame, the driver with landmarks, and the avatar output; returns the files written."""
-        last = self._last
-        if last is None or last.frame is None:
-            log.info("snapshot: nothing rendered yet")
-            return []
-        folder = project_path(self.config.output.snapshot_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]
-        driver = last.frame.image_bgr.copy()
-        marked = driver_with_landmarks(driver, last.face, max_side=max(driver.shape[:2]))
-        files = {
-            folder / f"{stamp}-driver.png": driver,
-            folder / f"{stamp}-landmarks.png": marked,
-            folder / f"{stamp}-avatar.png": last.canvas_bgr.copy(),
-        }
-        for path, image in files.items():
-            cv2.imwrite(str(path), image)
-        log.info("snapshot saved: %s", ", ".join(p.name for p in files))
-        return list(files)
+        return save_snapshot(self._last, project_path(self.config.output.snapshot_dir))
+
+    def _keep_last(self, rendered: Rendered) -> None:
+        self._last = rendered
+        if self._on_rendered is not None:
+            self._on_rendered(rendered)
+
+    def _overlay(self, rendered: Rendered) -> Any:
+        from avatarcam.preview import PreviewOverlay
+
+        if not self.show_overlay or rendered.frame is None:
+            return None
+        return PreviewOverlay(driver_bgr=driver_with_landmarks(rendered.frame.image_bgr, rendered.face))
 
     # -- the run
 
@@ -246,7 +155,7 @@ class App:
         if spec.kind == "camera" and self.source_explicit:
             # A camera the user named is waited for (opened with backoff), never swapped for the sample.
             return spec, False
-        if spec.kind == "camera" and not probe_camera(spec.target):
+        if spec.kind == "camera" and not probe_camera(int(spec.target)):
             message = (f"No webcam could be opened at index {spec.target}; driving the avatar from the sample clip "
                        f"{SAMPLE_DRIVER.relative_to(PROJECT_ROOT)} instead (choose a camera or video with --source)")
             log.warning("%s", message)
@@ -255,137 +164,118 @@ class App:
         return spec, False
 
     def run(self) -> RunSummary:
-        """Run until quit, the end of a non-looping video, or duration_s; returns a summary."""
-        from avatarcam.hotkeys import CommandInbox, GlobalHotkeyListener, parse_global_bindings, parse_preview_bindings
-        from avatarcam.preview import PreviewOverlay, PreviewStatus, PreviewWindow, has_display
+        """Run until quit, the end of a non-looping video, or duration_s; returns a summary.
+
+        A worker that dies ends the run with its own error (FaceMimicError as it is, else WorkerError).
+        """
+        from avatarcam.hotkeys import CommandInbox, parse_global_bindings, parse_preview_bindings
+        from avatarcam.preview import has_display
 
         config = self.config
+        # Everything that can be wrong in the config is checked before anything opens.
         model_path = landmark_model_path(config)
         global_bindings = parse_global_bindings(config.hotkeys.global_keys)
         preview_bindings = parse_preview_bindings(config.hotkeys.preview_keys)
-        reenactor = build_reenactor(config)
-        spec, is_sample = self._source()
+        reenactor = build_reenactor(config.generator, config.motion)
+        spec, _ = self._source()
         want_preview = config.output.preview == "on" or (config.output.preview == "auto" and has_display())
-        outputs = self._open_outputs(reenactor.canvas_size, want_preview, spec)
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(reenactor.close)
+            outputs = OutputStage()
+            cleanup.callback(outputs.stop)
+            video_path = self._subscribe_sinks(outputs, reenactor.canvas_size, want_preview)
+            store = self.store = self._avatar_store(model_path, reenactor)
+            cleanup.callback(store.close)
+            first_avatar, _ = store.load_first(self._first_avatar(store))
+            store.reload()
+            capture = self.capture = self._capture(spec, looping=want_preview or "vcam" in outputs.names)
+            landmarker = cleanup.enter_context(self._landmarker(model_path))
+            landmark_worker = LandmarkWorker(capture.frames, landmarker)
+            # A recorded driver cannot be asked to close its mouth: files calibrate on the first frames as they
+            # are, like tools/render.py; live cameras wait for a rest pose.
+            calibrator = Calibrator(window_s=config.calibration.window_s if spec.live else 0.0,
+                                    strict=config.calibration.strict and spec.live)
+            worker = self.render_worker = RenderWorker(landmark_worker.observed, reenactor, store, calibrator)
+            inbox = self.inbox = CommandInbox()
+            status = self.status = StatusLine(outputs=outputs, flags=lambda: (worker.passthrough, worker.frozen),
+                                              show_stats=lambda: self.show_stats)
+            if want_preview:
+                outputs.subscribe(self._preview(preview_bindings, status, inbox))
+            hotkeys = self._hotkeys(global_bindings, inbox, cleanup)
+            threads: list[Worker] = [capture, landmark_worker, worker]
+            session = Session(
+                rendered=worker.rendered, outputs=outputs, status=status, stop_event=self.stop_event,
+                workers=lambda: [*threads, *([store.loader] if store.loader is not None else [])],
+                duration_s=self.duration_s,
+                hooks=SessionHooks(
+                    handle=self.handle, drain_commands=inbox.drain, on_frame=[self._keep_last],
+                    source_finished=lambda seq: capture.ended.is_set() and seq == worker.frames_rendered
+                    and landmark_worker.processed >= capture.frames_read,
+                    listeners=[hotkeys.raise_if_failed] if hotkeys is not None else [],
+                ),
+            )
+            outputs.start(first_avatar.canvas_bgr)
+            for thread in threads:
+                thread.start()
+                cleanup.callback(thread.stop)
+            self._pump(session)
+        self.summary = RunSummary(
+            frames_rendered=worker.frames_rendered, frames_captured=capture.frames_read, video_path=video_path,
+            outputs=outputs.names, seconds=time.perf_counter() - session.started_s,
+        )
+        return self.summary
+
+    @staticmethod
+    def _pump(session: Session) -> None:
+        """Run the session on this (the main) thread; Ctrl+C ends it like quit."""
+        try:
+            session.run()
+        except KeyboardInterrupt:
+            log.info("stopping (Ctrl+C)")
+
+    # -- the stages, one builder each
+
+    def _avatar_store(self, model_path: Path, reenactor: Any) -> AvatarStore:
+        path, _, _ = resolve_avatar(self.config)
 
         def make_landmarker() -> FaceLandmarker:
             return FaceLandmarker(model_path=model_path, mode="image")
 
-        path, index, name = resolve_avatar(config)
-        store = AvatarStore(project_path(config.avatars.folder), make_landmarker, reenactor,
-                            extra=[path] if path else None)
-        self.store = store
-        first_path = path or self._first_avatar_path(store, index, name)
-        first_avatar, _ = store.load_first(first_path)
-        store.reload()
-        start_index = 0
+        return AvatarStore(project_path(self.config.avatars.folder), make_landmarker, reenactor,
+                           extra=[path] if path else None)
 
-        loop = spec.kind == "file" and (want_preview or "vcam" in outputs["names"]) and config.capture.loop
-        capture = CaptureThread(
-            spec, width=config.capture.width, height=config.capture.height, fps=config.capture.fps,
-            mirror=config.capture.mirror, pace=config.capture.pace, loop=loop, retry_s=config.capture.retry_s,
-        )
-        self.capture = capture
-        landmarker = FaceLandmarker(model_path=model_path, mode="video",
-                                    min_detection_confidence=config.landmarks.min_detection_confidence,
-                                    min_tracking_confidence=config.landmarks.min_tracking_confidence)
-        landmark_worker = LandmarkWorker(capture.frames, landmarker)
+    def _first_avatar(self, store: AvatarStore) -> Path:
+        path, index, name = resolve_avatar(self.config)
+        return path or self._first_avatar_path(store, index, name)
 
-        def on_intensity(step: float) -> None:
-            settings = reenactor.motion.settings.with_intensity_step(step)
-            reenactor.motion.update_settings(settings)
-            log.info("expression intensity: %s", ", ".join(f"{k} {v:.1f}" for k, v in settings.intensity.items()))
+    def _capture(self, spec: SourceSpec, *, looping: bool) -> CaptureThread:
+        c = self.config.capture
+        return CaptureThread(spec, width=c.width, height=c.height, fps=c.fps, mirror=c.mirror, pace=c.pace,
+                             loop=spec.kind == "file" and looping and c.loop, retry_s=c.retry_s)
 
-        worker = RenderWorker(landmark_worker.observed, reenactor, store,
-                              # A recorded driver cannot be asked to close its mouth: files calibrate on the
-                              # first frames as they are, like tools/render.py; live cameras wait for a rest pose.
-                              Calibrator(window_s=config.calibration.window_s if spec.live else 0.0,
-                                         strict=config.calibration.strict and spec.live),
-                              start_avatar=start_index,
-                              on_intensity=on_intensity if hasattr(reenactor, "motion") else None)
-        self.render_worker = worker
+    def _landmarker(self, model_path: Path) -> FaceLandmarker:
+        lm = self.config.landmarks
+        return FaceLandmarker(model_path=model_path, mode="video",
+                              min_detection_confidence=lm.min_detection_confidence,
+                              min_tracking_confidence=lm.min_tracking_confidence)
 
-        publishers = []
-        first_frame = first_avatar.canvas_bgr
-        for publisher_factory in outputs["publishers"]:
-            publishers.append(publisher_factory(first_frame))
-        preview = PreviewWindow(bindings=preview_bindings) if want_preview else None
+    def _preview(self, bindings: Any, status: StatusLine, inbox: Any) -> PreviewOutput:
+        from avatarcam.preview import PreviewWindow
+
         # Global combos and preview keys meet in one inbox, which drops the copy a focused preview also sees.
-        inbox = CommandInbox()
-        self.inbox = inbox
-        hotkeys = GlobalHotkeyListener(global_bindings, lambda c: inbox.put(c, source="global")) \
-            if config.hotkeys.enabled else None
-        if hotkeys is not None and not hotkeys.start() and hotkeys.note:
-            self.notes.append(f"global hotkeys off: {hotkeys.note}")
+        return PreviewOutput(PreviewWindow(bindings=bindings), status=status, overlay=self._overlay,
+                             on_command=lambda command: inbox.put(command, source="preview"))
 
-        start = time.perf_counter()
-        capture.start()
-        landmark_worker.start()
-        worker.start()
-        for publisher in publishers:
-            publisher.start()
-        workers = [landmark_worker, worker]
-        last_seq = 0
-        try:
-            while not self.stop_event.is_set():
-                seq, rendered = worker.rendered.get(last_seq, timeout_s=0.05)
-                if rendered is not None and seq != last_seq:
-                    last_seq = seq
-                    self._last = rendered
-                    for composer, publisher in zip(outputs["composers"], publishers):
-                        publisher.submit(composer.compose(rendered.canvas_bgr))
-                    if self._on_rendered is not None:
-                        self._on_rendered(rendered)
-                if preview is not None and self._last is not None:
-                    shown = self._last
-                    status = PreviewStatus(
-                        avatar=shown.avatar_name, calibration=shown.calibration,
-                        fps=publishers[0].measured_fps if publishers and self.show_stats else None,
-                        latency_ms=shown.latency_ms if self.show_stats else None,
-                        note=" ".join(n for n, on in (("PASSTHROUGH", worker.passthrough), ("FROZEN", worker.frozen),
-                                                      ("no face", shown.face is None)) if on),
-                    )
-                    overlay = None
-                    if self.show_overlay and shown.frame is not None:
-                        overlay = PreviewOverlay(driver_bgr=driver_with_landmarks(shown.frame.image_bgr, shown.face))
-                    for command in preview.show(shown.canvas_bgr, status=status, overlay=overlay):
-                        inbox.put(command, source="preview")
-                for command in inbox.drain():
-                    self.handle(command)
-                if hotkeys is not None:
-                    hotkeys.raise_if_failed()
-                for w in workers:
-                    w.raise_if_failed()
-                for publisher in publishers:
-                    publisher.raise_if_failed()
-                if self.duration_s is not None and time.perf_counter() - start >= self.duration_s:
-                    break
-                if capture.ended.is_set() and last_seq == worker.frames_rendered \
-                        and landmark_worker.processed >= capture.frames_read:
-                    break
-        except KeyboardInterrupt:
-            log.info("stopping (Ctrl+C)")
-        finally:
-            if hotkeys is not None:
-                hotkeys.stop()
-            capture.stop()
-            landmark_worker.stop()
-            worker.stop()
-            for publisher in publishers:
-                publisher.stop()
-            for sink in outputs["sinks"]:
-                sink.close()
-            if preview is not None:
-                preview.close()
-            landmarker.close()
-            if hasattr(reenactor, "close"):
-                reenactor.close()
-        self.summary = RunSummary(
-            frames_rendered=worker.frames_rendered, frames_captured=capture.frames_read,
-            video_path=outputs["video_path"], outputs=tuple(outputs["names"]) + (("preview",) if preview else ()),
-            seconds=time.perf_counter() - start,
-        )
-        return self.summary
+    def _hotkeys(self, bindings: Any, inbox: Any, cleanup: contextlib.ExitStack) -> Any:
+        from avatarcam.hotkeys import GlobalHotkeyListener
+
+        if not self.config.hotkeys.enabled:
+            return None
+        hotkeys = GlobalHotkeyListener(bindings, lambda command: inbox.put(command, source="global"))
+        if not hotkeys.start() and hotkeys.note:
+            self.notes.append(f"global hotkeys off: {hotkeys.note}")
+        cleanup.callback(hotkeys.stop)
+        return hotkeys
 
     def _first_avatar_path(self, store: AvatarStore, index: int | None, name: str | None) -> Path:
         from avatarcam.avatars import scan_folder
@@ -405,33 +295,11 @@ class App:
         raise AvatarError(f"no avatar named {name!r} in {store.folder}: choose one of "
                           f"{', '.join(p.stem for p in paths)}, or give an image path")
 
-    def _open_outputs(self, canvas_size: int, want_preview: bool, spec: SourceSpec) -> dict:
-        """Open the virtual camera and/or the video file; returns sinks, composers and publisher factories."""
-        from avatarcam.publisher import Publisher
-        from avatarcam.vcam import FrameComposer, VirtualCameraSink
-
-        config = self.config
-        v = config.vcam
-        sinks, composers, factories, names = [], [], [], []
-        if config.output.vcam != "off":
-            sink = VirtualCameraSink(backend=v.backend, device=v.device, width=v.width, height=v.height, fps=v.fps)
-            try:
-                sink.open()
-            except (DeviceError, FaceMimicError, RuntimeError) as exc:
-                if config.output.vcam == "on":
-                    raise
-                message = f"virtual camera off: {exc}"
-                log.warning("%s", message)
-                self.notes.append(message)
-            else:
-                sinks.append(sink)
-                composers.append(FrameComposer(width=v.width, height=v.height, mode=v.fit, background=v.background))
-                factories.append(lambda first, s=sink, c=composers[-1]: Publisher(s, fps=v.fps,
-                                                                                first_frame_bgr=c.compose(first).copy()))
-                names.append("vcam")
-                log.info("virtual camera: %s on %s, %dx%d @ %g fps", sink.backend, sink.device, v.width, v.height, v.fps)
-        video_path = project_path(config.output.video)
-        if video_path is None and not want_preview and not names:
+    def _subscribe_sinks(self, outputs: OutputStage, canvas_size: int, want_preview: bool) -> Path | None:
+        """Open the virtual camera and/or the video file and subscribe them; returns the video path, if any."""
+        self._subscribe_camera(outputs)
+        video_path = project_path(self.config.output.video)
+        if video_path is None and not want_preview and not outputs.names:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             video_path = PROJECT_ROOT / "out" / f"facemimic-{stamp}.mp4"
             message = (f"no display and no virtual camera: writing the output to {video_path} "
@@ -439,19 +307,27 @@ class App:
             log.warning("%s", message)
             self.notes.append(message)
         if video_path is not None:
-            fps = float(v.fps)
+            fps = float(self.config.vcam.fps)
             sink = VideoFileSink(video_path, width=canvas_size, height=canvas_size, fps=fps).open()
-            sinks.append(sink)
-            composers.append(_Identity())
-            factories.append(lambda first, s=sink: Publisher(s, fps=fps, first_frame_bgr=first.copy()))
-            names.append("video")
-        return {"sinks": sinks, "composers": composers, "publishers": factories, "names": names,
-                "video_path": video_path}
+            outputs.subscribe(PublishedOutput("video", sink, fps=fps))
+        return video_path
 
+    def _subscribe_camera(self, outputs: OutputStage) -> None:
+        from avatarcam.vcam import FrameComposer, VirtualCameraSink
 
-class _Identity:
-    """A composer that passes the canvas through (the video file records the square canvas)."""
-
-    @staticmethod
-    def compose(canvas_bgr: np.ndarray) -> np.ndarray:
-        return canvas_bgr
+        v, mode = self.config.vcam, self.config.output.vcam
+        if mode == "off":
+            return
+        sink = VirtualCameraSink(backend=v.backend, device=v.device, width=v.width, height=v.height, fps=v.fps)
+        try:
+            sink.open()
+        except (FaceMimicError, RuntimeError) as exc:
+            if mode == "on":
+                raise
+            message = f"virtual camera off: {exc}"
+            log.warning("%s", message)
+            self.notes.append(message)
+            return
+        composer = FrameComposer(width=v.width, height=v.height, mode=v.fit, background=v.background)
+        outputs.subscribe(PublishedOutput("vcam", sink, fps=v.fps, compose=composer.compose))
+        log.info("virtual camera: %s on %s, %dx%d @ %g fps", sink.backend, sink.device, v.width, v.height, v.fps)

@@ -14,6 +14,7 @@ import numpy as np
 from avatarcam.errors import DeviceError
 from avatarcam.handoff import LatestSlot
 from avatarcam.types import Frame
+from avatarcam.workers import Worker
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def iter_frames(path: str):
         capture.release()
 
 
-class CaptureThread:
+class CaptureThread(Worker):
     """Reads a source on its own thread into a LatestSlot; reopens a failing camera with backoff.
 
     Live sources publish only the newest frame. Files are paced at their own frame rate (or read as fast as
@@ -131,24 +132,15 @@ class CaptureThread:
         self._loop = loop
         self._retry_s = retry_s
         self._max_frames = max_frames
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        Worker.__init__(self, "capture")
         self.status = "starting"
         self.frames_read = 0
         self.ended = threading.Event()
         self.source_fps = fps
 
-    def start(self) -> CaptureThread:
-        """Start reading in the background."""
-        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
-        self._thread.start()
-        return self
-
     def stop(self, timeout_s: float = 2.0) -> None:
         """Stop reading and release the device."""
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout_s)
+        super().stop(timeout_s)
         self.frames.close()
 
     def _run(self) -> None:

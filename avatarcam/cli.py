@@ -9,6 +9,7 @@ import sys
 
 from avatarcam.config import documented_keys, load_config, parse_override
 from avatarcam.errors import FaceMimicError
+from avatarcam.generators import GENERATORS
 from avatarcam.paths import DEFAULT_CONFIG
 
 EPILOG = """\
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     av = p.add_argument_group("avatar and model")
     av.add_argument("--avatar", help="avatar name, 1-based index, or image path (avatars.default)")
     av.add_argument("--avatars-folder", help="folder of avatar images (avatars.folder)")
-    av.add_argument("--model", choices=("mesh", "fomm"), help="generator (generator.model)")
+    av.add_argument("--model", choices=tuple(GENERATORS), help="generator (generator.model)")
     av.add_argument("--checkpoint", help="FOMM checkpoint, e.g. vox-adv-cpk.pth.tar (generator.checkpoint)")
     av.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"),
                     help="inference runtime (generator.backend)")
@@ -118,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_self_test(config)
         from avatarcam.app import App
-
         from avatarcam.config import CaptureConfig
 
         # Only the untouched default camera falls back to the sample clip; a camera the user chose is waited for.

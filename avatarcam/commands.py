@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 
 class Command(str, enum.Enum):
@@ -37,3 +38,16 @@ class Command(str, enum.Enum):
         if self.value.startswith("avatar_"):
             return int(self.value.split("_")[1]) - 1
         return None
+
+
+@dataclass(frozen=True)
+class SelectAvatar:
+    """Show the avatar at 0-based `index` in the avatar list (any index: best match is not limited to nine)."""
+
+    index: int
+
+
+def as_render_request(command: Command) -> Command | SelectAvatar:
+    """AVATAR_n becomes SelectAvatar(n - 1); every other command is passed on as it is."""
+    slot = command.avatar_slot
+    return command if slot is None else SelectAvatar(slot)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from avatarcam.errors import ConfigError
+from avatarcam.generators import GENERATORS
 
 
 def _key(default: Any, doc: str, *, choices: tuple | None = None, low: float | None = None,
@@ -86,8 +87,7 @@ class MotionConfig:
 class GeneratorConfig:
     """Which generator animates the avatar, and its quality settings."""
 
-    model: str = _key("mesh", "mesh: built-in landmark warp (CPU, nothing to download); fomm: First Order Motion "
-                      "Model from your own checkpoint", choices=("mesh", "fomm"))
+    model: str = _key("mesh", "; ".join(f"{n}: {f.summary}" for n, f in GENERATORS.items()), choices=tuple(GENERATORS))
     canvas_size: int = _key(512, "side of the square avatar canvas in pixels", choices=(256, 384, 512, 768, 1024))
     grid_size: int = _key(128, "mesh: resolution of the motion field (higher follows small details better; "
                           "capped at canvas_size / 4)",
@@ -283,6 +283,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _default(f: dataclasses.Field) -> Any:
+    """The default of a config field, whether given as a value or a factory."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    factory: Any = f.default_factory
+    return factory()
+
+
 def documented_keys(cls=Config, prefix: str = "") -> list[tuple[str, Any, str, str]]:
     """(dotted key, default, allowed values, description) for every key: used by --help-config and the tests."""
     rows = []
@@ -292,7 +300,7 @@ def documented_keys(cls=Config, prefix: str = "") -> list[tuple[str, Any, str, s
         if dataclasses.is_dataclass(hints[f.name]):
             rows.extend(documented_keys(hints[f.name], path))
         else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default = _default(f)
             rows.append((path, default, _describe(f), f.metadata.get("doc", "")))
     return rows
 
@@ -328,7 +336,7 @@ def default_config_yaml() -> str:
                 allowed = " [" + " | ".join(str(c) for c in meta["choices"]) + "]"
             elif meta.get("low") is not None:
                 allowed = f" [{meta['low']:g} .. {meta['high']:g}]"
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default = _default(f)
             lines.append(f"{pad}# {meta.get('doc', '')}{allowed}")
             lines.append(f"{pad}{f.name}: {dump(default)}")
 

@@ -27,3 +27,7 @@ class EngineError(FaceMimicError):
 
 class HotkeyError(FaceMimicError):
     """A hotkey binding is malformed or names an unknown command."""
+
+
+class WorkerError(FaceMimicError):
+    """A worker thread stopped on an unexpected exception (a FaceMimicError is re-raised as it is instead)."""

@@ -7,9 +7,9 @@ import math
 import numpy as np
 
 
-def _alpha(cutoff_hz: np.ndarray | float, dt_s: float) -> np.ndarray | float:
+def _alpha(cutoff_hz: np.ndarray | float, dt_s: float) -> np.ndarray:
     tau = 1.0 / (2.0 * math.pi * np.asarray(cutoff_hz))
-    return 1.0 / (1.0 + tau / dt_s)
+    return np.asarray(1.0 / (1.0 + tau / dt_s))
 
 
 class OneEuroFilter:
@@ -48,7 +48,8 @@ class OneEuroFilter:
         self._time_s = time_s
         speed = (value - self._value) / dt_s
         a_d = _alpha(self.derivative_cutoff_hz, dt_s)
-        self._speed = a_d * speed + (1 - a_d) * self._speed
+        previous_speed = np.zeros_like(value) if self._speed is None else self._speed
+        self._speed = a_d * speed + (1 - a_d) * previous_speed
         cutoff = self.min_cutoff_hz + self.beta * np.abs(self._speed)
         a = _alpha(cutoff, dt_s).astype(np.float32)
         self._value = a * value + (1 - a) * self._value

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from avatarcam.errors import ModelFileError
-from avatarcam.paths import ENGINES_DIR
-from avatarcam.types import FaceObservation
+from avatarcam.paths import ENGINES_DIR, project_path
+from avatarcam.types import BLENDSHAPE_INDEX, BLENDSHAPE_NAMES, FaceObservation  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -21,19 +21,6 @@ MODEL_URL = (
 )
 DEFAULT_MODEL_PATH = ENGINES_DIR / MODEL_FILENAME
 NUM_LANDMARKS = 478
-
-BLENDSHAPE_NAMES: tuple[str, ...] = (
-    "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
-    "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight", "eyeLookDownLeft",
-    "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft", "eyeLookOutRight", "eyeLookUpLeft",
-    "eyeLookUpRight", "eyeSquintLeft", "eyeSquintRight", "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft",
-    "jawOpen", "jawRight", "mouthClose", "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft",
-    "mouthFrownRight", "mouthFunnel", "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthPressLeft",
-    "mouthPressRight", "mouthPucker", "mouthRight", "mouthRollLower", "mouthRollUpper", "mouthShrugLower",
-    "mouthShrugUpper", "mouthSmileLeft", "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight",
-    "mouthUpperUpLeft", "mouthUpperUpRight", "noseSneerLeft", "noseSneerRight",
-)
-BLENDSHAPE_INDEX = {name: i for i, name in enumerate(BLENDSHAPE_NAMES)}
 
 # Landmark index groups of the 478-point MediaPipe face mesh ("left"/"right" are the subject's own).
 LIPS_OUTER = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
@@ -71,6 +58,11 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def landmark_model_path(config) -> Path:
+    """The verified landmark model of config.landmarks.model_path (ModelFileError with the fix otherwise)."""
+    return verify_model_file(project_path(config.landmarks.model_path))
 
 
 def verify_model_file(path: Path | str) -> Path:

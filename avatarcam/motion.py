@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -110,6 +111,15 @@ class MotionSettings:
     """How long the last pose is held when the face is lost."""
     lost_face_ease_s: float = 0.8
     """How long the avatar then takes to ease back to neutral."""
+
+    @staticmethod
+    def from_section(motion: Any) -> MotionSettings:
+        """The settings of config.yaml's `motion:` section (a config.MotionConfig)."""
+        return MotionSettings(
+            intensity=dict(vars(motion.intensity)), head_rotation=motion.head_rotation,
+            head_translation=motion.head_translation, scale_lock=motion.scale_lock, smoothing=motion.smoothing,
+            lost_face_hold_s=motion.lost_face_hold_s, lost_face_ease_s=motion.lost_face_ease_s,
+        )
 
     def with_intensity_step(self, step: float) -> MotionSettings:
         """All region gains moved by `step`, kept in 0..2."""

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from avatarcam.avatars import Avatar
 from avatarcam.capture import file_info, iter_frames
 from avatarcam.errors import DeviceError, FaceMimicError
+from avatarcam.generators.base import Reenactor
 from avatarcam.landmarks import FaceLandmarker
-from avatarcam.reenact import Reenactor
 from avatarcam.types import Frame, Observed
 
 log = logging.getLogger(__name__)
@@ -31,32 +31,6 @@ class RenderReport:
     fps: float
     faces_found: int
     seconds: float
-
-
-class Progress:
-    """A one-line text progress bar on stderr."""
-
-    def __init__(self, total: int, label: str, *, enabled: bool = True, width: int = 30):
-        self.total, self.label, self.enabled, self.width = max(total, 1), label, enabled, width
-        self._start = time.perf_counter()
-        self._last = 0.0
-        self._finished = False
-
-    def update(self, done: int) -> None:
-        if not self.enabled or self._finished:
-            return
-        now = time.perf_counter()
-        if done < self.total and now - self._last < 0.1:
-            return
-        self._last = now
-        share = min(1.0, done / self.total)
-        rate = done / max(now - self._start, 1e-6)
-        bar = "#" * int(share * self.width)
-        sys.stderr.write(f"\r{self.label} [{bar:<{self.width}}] {done}/{self.total} {rate:5.1f} fps")
-        if done >= self.total:
-            self._finished = True
-            sys.stderr.write("\n")
-        sys.stderr.flush()
 
 
 def open_writer(out_path: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
@@ -97,14 +71,16 @@ def render_video(driver_path: str, avatar: Avatar, prepared, reenactor: Reenacto
     """Render every driver frame in order; nothing is dropped or duplicated."""
     count, fps, _ = file_info(driver_path)
     # A reenactor that does not use landmarks (FOMM without cropping) needs no face, so MediaPipe is not run.
-    needs_landmarks = getattr(reenactor, "needs_landmarks", True)
+    needs_landmarks = reenactor.needs_landmarks
     neutral_obs = neutral_face_at(driver_path, neutral_frame, model_path, require_face=needs_landmarks)
     neutral = reenactor.neutral_from([neutral_obs])
     reenactor.reset()
     size = reenactor.canvas_size
     canvas = np.zeros((size, size, 3), np.uint8)
     writer = None
-    bar = Progress(count, "rendering", enabled=progress)
+    # One text line on stderr: "rendering [#############                 ] 40/75 29.80 frames/s".
+    bar = tqdm(total=count, desc="rendering", disable=not progress, ascii=" #", unit=" frames",
+               bar_format="{desc} [{bar:30}] {n_fmt}/{total_fmt} {rate_fmt}")
     start = time.perf_counter()
     faces = 0
     written = 0
@@ -126,10 +102,10 @@ def render_video(driver_path: str, avatar: Avatar, prepared, reenactor: Reenacto
                     writer = open_writer(out_path, fps, (image.shape[1], image.shape[0]))
                 writer.write(image)
                 written += 1
-                bar.update(written)
+                bar.update(1)
         finally:
             if writer is not None:
                 writer.release()
-    bar.update(bar.total)
+    bar.close()
     return RenderReport(out_path=out_path, frames=written, fps=fps, faces_found=faces,
                         seconds=time.perf_counter() - start)

@@ -1,10 +1,10 @@
 """The real-time loop: capture -> landmarks -> reenactment, joined by latest-wins hand-offs.
 
-Threads: the capture thread (capture.py) reads frames; the LandmarkWorker runs the face landmarker on the newest
-frame; the RenderWorker turns the newest observation into an avatar canvas, writing into two preallocated
-canvases in turn (double buffering), and offers it to the outputs. Landmarks of frame N+1 run while frame N is
-rendered, so both cores are busy. A frame that fails in any stage is counted and skipped; the last good canvas
-stays on the outputs, which never go black.
+Threads (each a workers.Worker): the capture thread (capture.py) reads frames; the LandmarkWorker runs the face
+landmarker on the newest frame; the RenderWorker turns the newest observation into an avatar canvas, writing into
+two preallocated canvases in turn (double buffering), and offers it to the outputs (outputs.py). Landmarks of
+frame N+1 run while frame N is rendered, so both cores are busy. A frame that fails in any stage is counted and
+skipped; the last good canvas stays on the outputs, which never go black.
 """
 
 from __future__ import annotations
@@ -13,87 +13,28 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
 
 from avatarcam.avatars import Avatar, load_avatar, scan_folder
-from avatarcam.commands import Command
+from avatarcam.commands import Command, SelectAvatar, as_render_request
 from avatarcam.errors import AvatarError
+from avatarcam.generators.base import Reenactor
 from avatarcam.handoff import LatestSlot
 from avatarcam.landmarks import FaceLandmarker
 from avatarcam.motion import Calibrator
-from avatarcam.reenact import Reenactor
 from avatarcam.types import FaceObservation, Frame, Observed
+from avatarcam.workers import RateLimitedLog, TaskWorker, Worker
 
 log = logging.getLogger(__name__)
 
 # A worker that fails this many frames in a row is broken, not unlucky: its error is raised in the main thread.
 MAX_CONSECUTIVE_FAILURES = 100
-
-
-class RateLimitedLog:
-    """Logs a recurring problem at most once per `period_s`, with a count of the repeats."""
-
-    def __init__(self, period_s: float = 5.0):
-        self.period_s = period_s
-        self._last = 0.0
-        self._suppressed = 0
-
-    def __call__(self, message: str, *args) -> None:
-        now = time.monotonic()
-        if now - self._last >= self.period_s:
-            suffix = f" (and {self._suppressed} more)" if self._suppressed else ""
-            log.warning(message + suffix, *args)
-            self._last = now
-            self._suppressed = 0
-        else:
-            self._suppressed += 1
-
-
-class Worker:
-    """A thread with start()/stop(); an exception that breaks it is kept and re-raised by raise_if_failed()."""
-
-    name = "worker"
-
-    def __init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
-
-    def start(self):
-        """Start the thread."""
-        self._thread = threading.Thread(target=self._guarded, name=self.name, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout_s: float = 3.0) -> None:
-        """Ask the thread to finish and wait for it."""
-        self._stop.set()
-        self._wake()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
-    def raise_if_failed(self) -> None:
-        """Re-raise, in the caller's thread, the exception that stopped this worker."""
-        if self.error is not None:
-            raise RuntimeError(f"the {self.name} thread failed: {self.error}") from self.error
-
-    def _guarded(self) -> None:
-        try:
-            self._run()
-        except BaseException as exc:  # handed to the main thread by raise_if_failed
-            self.error = exc
-            log.exception("%s thread stopped", self.name)
-
-    def _wake(self) -> None:
-        pass
-
-    def _run(self) -> None:
-        raise NotImplementedError
 
 
 class LandmarkWorker(Worker):
@@ -106,7 +47,7 @@ class LandmarkWorker(Worker):
         self.frames = frames
         self.landmarker = landmarker
         self.observed: LatestSlot[Observed] = LatestSlot()
-        self._warn = RateLimitedLog()
+        self._warn = RateLimitedLog(logger=log)
         self._start_s = time.perf_counter()
         self.processed = 0
 
@@ -168,7 +109,13 @@ class AvatarStore:
         self.loaded = threading.Event()
         self.version = 0
         """Incremented whenever the list of avatars changes."""
-        self._thread: threading.Thread | None = None
+        self._loader: TaskWorker | None = None
+        self._closing = threading.Event()
+
+    @property
+    def loader(self) -> TaskWorker | None:
+        """The worker of the current (or last) background load; None before the first reload()."""
+        return self._loader
 
     def load_first(self, path: Path) -> tuple[Avatar, Any]:
         """Load and prepare one avatar now (the one shown at start), before the background load."""
@@ -182,11 +129,10 @@ class AvatarStore:
 
     def reload(self) -> None:
         """Rescan the folder in the background; avatars already prepared are kept without new work."""
-        if self._thread is not None and self._thread.is_alive():
+        if self._loader is not None and self._loader.is_running:
             return
         self.loaded.clear()
-        self._thread = threading.Thread(target=self._load_all, name="avatar-loader", daemon=True)
-        self._thread.start()
+        self._loader = TaskWorker("avatar-loader", self._load_all).start()
 
     def _load_all(self) -> None:
         self.loading.set()
@@ -197,6 +143,8 @@ class AvatarStore:
             entries, skipped = [], []
             with self._make_landmarker() as landmarker:
                 for path in paths:
+                    if self._closing.is_set():  # the app is stopping: the list is not needed any more
+                        return
                     if path in known and path.stat().st_mtime <= known[path][0].loaded_time_s:
                         entries.append(known[path])
                         continue
@@ -218,6 +166,12 @@ class AvatarStore:
             self.loading.clear()
             self.loaded.set()
 
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop a background load after the avatar it is preparing, and wait up to timeout_s for it; idempotent."""
+        self._closing.set()
+        if self._loader is not None:
+            self._loader.stop(timeout_s)
+
     def entries(self) -> list[tuple[Avatar, Any]]:
         """Snapshot of the (avatar, prepared) list in hotkey order."""
         with self._lock:
@@ -230,15 +184,14 @@ class RenderWorker(Worker):
     name = "render"
 
     def __init__(self, observed: LatestSlot[Observed], reenactor: Reenactor, avatars: AvatarStore,
-                 calibrator: Calibrator, *, start_avatar: int = 0,
-                 on_intensity: Callable[[float], None] | None = None):
+                 calibrator: Calibrator, *, start_avatar: int = 0):
         super().__init__()
         self.observed = observed
         self.reenactor = reenactor
         self.avatars = avatars
         self.calibrator = calibrator
         self.rendered: LatestSlot[Rendered] = LatestSlot()
-        self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self.commands: queue.SimpleQueue[tuple[Command | SelectAvatar, float]] = queue.SimpleQueue()
         size = reenactor.canvas_size
         self._buffers = [np.zeros((size, size, 3), np.uint8) for _ in range(2)]
         self._next_buffer = 0
@@ -246,11 +199,24 @@ class RenderWorker(Worker):
         self._neutral: Any = None
         self.passthrough = False
         self.frozen = False
-        self._warn = RateLimitedLog()
-        self._on_intensity = on_intensity
+        self._warn = RateLimitedLog(logger=log)
         self.frames_rendered = 0
         self.render_failures = 0
+        self._failures_in_a_row = 0
         self.switch_ms: list[float] = []
+        self._switch_issued_s: float | None = None
+        self._seen_version = avatars.version
+        self._shown_name: str | None = None
+        # The render thread's command table; avatar selection (SelectAvatar) is data and handled in _apply.
+        self._actions: dict[Command, Callable[[], None]] = {
+            Command.NEXT_AVATAR: lambda: self._step_avatar(1),
+            Command.PREVIOUS_AVATAR: lambda: self._step_avatar(-1),
+            Command.RECALIBRATE: self._recalibrate,
+            Command.PASSTHROUGH: self._toggle_passthrough,
+            Command.FREEZE: self._toggle_freeze,
+            Command.INTENSITY_UP: lambda: self._step_intensity(0.1),
+            Command.INTENSITY_DOWN: lambda: self._step_intensity(-0.1),
+        }
 
     @property
     def calibrated(self) -> bool:
@@ -263,103 +229,126 @@ class RenderWorker(Worker):
         entries = self.avatars.entries()
         return entries[self._avatar_index % len(entries)][0].name if entries else "-"
 
-    def submit(self, command: Command) -> None:
+    def submit(self, command: Command | SelectAvatar) -> None:
         """Queue a command from any thread; it takes effect before the next frame is rendered."""
-        self.commands.put((command, time.perf_counter()))
+        request = as_render_request(command) if isinstance(command, Command) else command
+        self.commands.put((request, time.perf_counter()))
 
     def _wake(self) -> None:
         self.rendered.close()
 
-    def _apply(self, command: Command, issued_s: float) -> None:
-        entries = self.avatars.entries()
-        count = max(len(entries), 1)
+    # -- commands (render thread)
+
+    def _step_avatar(self, step: int) -> None:
+        self._avatar_index = (self._avatar_index + step) % max(len(self.avatars.entries()), 1)
+
+    def _recalibrate(self) -> None:
+        self._neutral = None
+        self.calibrator.reset()
+        self.reenactor.reset()
+
+    def _toggle_passthrough(self) -> None:
+        self.passthrough = not self.passthrough
+
+    def _toggle_freeze(self) -> None:
+        self.frozen = not self.frozen
+
+    def _step_intensity(self, step: float) -> None:
+        settings = self.reenactor.motion.settings.with_intensity_step(step)
+        self.reenactor.motion.update_settings(settings)
+        log.info("expression intensity: %s", ", ".join(f"{k} {v:.1f}" for k, v in settings.intensity.items()))
+
+    def _apply(self, request: Command | SelectAvatar, issued_s: float) -> None:
         before = self._avatar_index
-        if command.avatar_slot is not None:
-            if command.avatar_slot < len(entries):
-                self._avatar_index = command.avatar_slot
-        elif command is Command.NEXT_AVATAR:
-            self._avatar_index = (self._avatar_index + 1) % count
-        elif command is Command.PREVIOUS_AVATAR:
-            self._avatar_index = (self._avatar_index - 1) % count
-        elif command is Command.RECALIBRATE:
-            self._neutral = None
-            self.calibrator.reset()
-            self.reenactor.reset()
-        elif command is Command.PASSTHROUGH:
-            self.passthrough = not self.passthrough
-        elif command is Command.FREEZE:
-            self.frozen = not self.frozen
-        elif command in (Command.INTENSITY_UP, Command.INTENSITY_DOWN) and self._on_intensity:
-            self._on_intensity(0.1 if command is Command.INTENSITY_UP else -0.1)
+        if isinstance(request, SelectAvatar):
+            if request.index < len(self.avatars.entries()):
+                self._avatar_index = request.index
+        elif request in self._actions:
+            self._actions[request]()
         if self._avatar_index != before:
             # The driver's neutral is kept across avatars (as in Avatarify); only smoothing history restarts.
             self.reenactor.reset()
             self._switch_issued_s = issued_s
 
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                request, issued_s = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            self._apply(request, issued_s)
+
+    def _follow_avatar_list(self) -> None:
+        if self.avatars.version == self._seen_version:
+            return
+        # The list changed (background load or reload): stay on the avatar being shown. This runs before the
+        # commands, so a switch asked for now is applied to the new list.
+        self._seen_version = self.avatars.version
+        names = [a.name for a, _ in self.avatars.entries()]
+        if self._shown_name in names:
+            self._avatar_index = names.index(self._shown_name)
+
+    # -- the loop
+
     def _run(self) -> None:
         seq = 0
-        failures = 0
-        self._switch_issued_s = None
-        self._seen_version = self.avatars.version
-        self._shown_name = None
         while not self._stop.is_set():
             seq, observed = self.observed.get(seq, timeout_s=0.1)
-            if self.avatars.version != self._seen_version:
-                # The list changed (background load or reload): stay on the avatar being shown. This runs before
-                # the commands, so a switch asked for now is applied to the new list.
-                self._seen_version = self.avatars.version
-                names = [a.name for a, _ in self.avatars.entries()]
-                if self._shown_name in names:
-                    self._avatar_index = names.index(self._shown_name)
-            while True:
-                try:
-                    command, issued_s = self.commands.get_nowait()
-                except queue.Empty:
-                    break
-                self._apply(command, issued_s)
+            self._follow_avatar_list()
+            self._drain_commands()
             if observed is None or self.frozen:
                 continue
             entries = self.avatars.entries()
-            if not entries:
-                continue
-            avatar, prepared = entries[self._avatar_index % len(entries)]
-            self._shown_name = avatar.name
-            start = time.perf_counter()
-            now_s = observed.frame.capture_time_s
-            stage_ms = {"decode": observed.frame.decode_ms, "landmarks": observed.landmarks_ms}
-            out = self._buffers[self._next_buffer]
-            try:
-                if self._neutral is None:
-                    window = self.calibrator.add(observed, now_s)
-                    if window:
-                        self._neutral = self.reenactor.neutral_from(window)
-                        self.reenactor.reset()
-                        log.info("calibrated: neutral pose taken from %d frame(s)", len(window))
-                if self.passthrough:
-                    passthrough_canvas(observed.frame.image_bgr, out)
-                    stage_ms["generate"] = (time.perf_counter() - start) * 1000
-                else:
-                    self.reenactor.render(prepared, observed, self._neutral, now_s, out, stage_ms)
-                failures = 0
-            except Exception as exc:  # keep the last good canvas on the outputs
-                failures += 1
-                self.render_failures += 1
-                self._warn("rendering frame %d failed: %s", observed.frame.index, exc)
-                if failures >= MAX_CONSECUTIVE_FAILURES:
-                    raise
-                continue
-            done = time.perf_counter()
-            if self._switch_issued_s is not None:
-                self.switch_ms.append((done - self._switch_issued_s) * 1000)
-                self._switch_issued_s = None
-            self._next_buffer ^= 1
-            self.frames_rendered += 1
-            status = "calibrated" if self._neutral is not None else self.calibrator.status
-            self.rendered.put(Rendered(
-                canvas_bgr=out, frame=observed.frame, face=observed.face, stage_ms=stage_ms,
-                latency_ms=(done - observed.frame.capture_time_s) * 1000, avatar_name=avatar.name,
-                calibration=status, seq=self.frames_rendered, done_time_s=done,
-            ))
+            if entries:
+                self._render_one(observed, *entries[self._avatar_index % len(entries)])
+
+    def _calibrate(self, observed: Observed, now_s: float) -> None:
+        window = self.calibrator.add(observed, now_s)
+        if window:
+            self._neutral = self.reenactor.neutral_from(window)
+            self.reenactor.reset()
+            log.info("calibrated: neutral pose taken from %d frame(s)", len(window))
+
+    def _draw(self, observed: Observed, prepared: Any, out: np.ndarray, stage_ms: dict[str, float]) -> bool:
+        """Calibrate and render into `out`; False (and the last good canvas stays on the outputs) on a failure."""
+        start = time.perf_counter()
+        now_s = observed.frame.capture_time_s
+        try:
+            if self._neutral is None:
+                self._calibrate(observed, now_s)
+            if self.passthrough:
+                passthrough_canvas(observed.frame.image_bgr, out)
+                stage_ms["generate"] = (time.perf_counter() - start) * 1000
+            else:
+                self.reenactor.render(prepared, observed, self._neutral, now_s, out, stage_ms)
+        except Exception as exc:
+            self._failures_in_a_row += 1
+            self.render_failures += 1
+            self._warn("rendering frame %d failed: %s", observed.frame.index, exc)
+            if self._failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
+                raise
+            return False
+        self._failures_in_a_row = 0
+        return True
+
+    def _render_one(self, observed: Observed, avatar: Avatar, prepared: Any) -> None:
+        self._shown_name = avatar.name
+        stage_ms = {"decode": observed.frame.decode_ms, "landmarks": observed.landmarks_ms}
+        out = self._buffers[self._next_buffer]
+        if not self._draw(observed, prepared, out, stage_ms):
+            return
+        done = time.perf_counter()
+        if self._switch_issued_s is not None:
+            self.switch_ms.append((done - self._switch_issued_s) * 1000)
+            self._switch_issued_s = None
+        self._next_buffer ^= 1
+        self.frames_rendered += 1
+        status = "calibrated" if self._neutral is not None else self.calibrator.status
+        self.rendered.put(Rendered(
+            canvas_bgr=out, frame=observed.frame, face=observed.face, stage_ms=stage_ms,
+            latency_ms=(done - observed.frame.capture_time_s) * 1000, avatar_name=avatar.name,
+            calibration=status, seq=self.frames_rendered, done_time_s=done,
+        ))
 
 
 def passthrough_canvas(frame_bgr: np.ndarray, out: np.ndarray) -> np.ndarray:

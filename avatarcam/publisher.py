@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from avatarcam.errors import DeviceError
+from avatarcam.workers import Worker
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class PublisherStats:
     """Time since the last accepted submit() (since start() before the first one)."""
 
 
-class Publisher:
+class Publisher(Worker):
     """Sends a (sink.height, sink.width, 3) uint8 BGR frame to `sink` at a fixed cadence from its own thread.
 
     It starts with `first_frame_bgr` (the avatar at neutral), then sends the newest submitted frame, repeating the
@@ -94,10 +95,7 @@ class Publisher:
         self._pending = first_frame_bgr.copy()
         self._has_new = False
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._name = name
-        self._failure: BaseException | None = None
+        Worker.__init__(self, name)
         self._reopen_after = int(reopen_after_failures)
         self._backoff_first_s = float(first_backoff)
         self._backoff_max_s = float(max_backoff)
@@ -115,7 +113,7 @@ class Publisher:
         self._reopens = 0
         self._dropped = 0
         self._rejected = 0
-        self._send_times = collections.deque(maxlen=max(4, int(self._fps * 2)))
+        self._send_times: collections.deque[float] = collections.deque(maxlen=max(4, int(self._fps * 2)))
         self._last_submit_t = time.monotonic()
         self._consecutive_failures = 0
         self._unlogged_failures = 0
@@ -125,43 +123,18 @@ class Publisher:
 
     # -- lifecycle
 
-    def __enter__(self) -> Publisher:
-        self.start()
-        return self
+    def start(self) -> Publisher:
+        """Start the thread (idempotent); the first frame goes out at once."""
+        if self._thread is None:
+            self._last_submit_t = time.monotonic()
+        return super().start()
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        """Start the thread; the first frame goes out at once."""
-        if self._thread is not None:
-            return
-        self._last_submit_t = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-        self._thread.start()
-
-    def stop(self, *, timeout_s: float = 2.0) -> None:
+    def stop(self, timeout_s: float = 2.0) -> None:
         """Stop the thread and wait up to timeout_s for it. Idempotent; does not close the sink."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout_s)
-            if thread.is_alive():
-                log.warning("The publisher thread did not stop within %.1f s (a sink call is blocking).", timeout_s)
+        super().stop(timeout_s)
 
-    @property
-    def is_running(self) -> bool:
-        """True while the thread runs."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def raise_if_failed(self) -> None:
-        """Re-raise, in the caller's thread, an exception that ended the publisher thread."""
-        failure = self._failure
-        if failure is not None:
-            if isinstance(failure, DeviceError):
-                raise failure
-            raise DeviceError(f"The virtual camera publisher stopped: {type(failure).__name__}: {failure}") \
-                from failure
+    def _wrap(self, error: BaseException) -> DeviceError:
+        return DeviceError(f"The virtual camera publisher stopped: {type(error).__name__}: {error}")
 
     # -- producer side
 
@@ -234,11 +207,7 @@ class Publisher:
                              "(compose the avatar canvas with avatarcam.vcam.FrameComposer first)")
 
     def _run(self) -> None:
-        try:
-            self._loop()
-        except BaseException as exc:  # handed to the owner through raise_if_failed()
-            self._failure = exc
-            log.error("The virtual camera publisher stopped: %s: %s", type(exc).__name__, exc)
+        self._loop()
 
     def _loop(self) -> None:
         next_tick = time.monotonic()

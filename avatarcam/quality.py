@@ -102,7 +102,8 @@ def compare(driver: Signals, output: Signals) -> QualityReport:
     """Correlations of the output's signals with the driver's."""
     return QualityReport(
         mouth_corr=correlation(driver.mouth, output.mouth), eyes_corr=correlation(driver.eyes, output.eyes),
-        yaw_corr=correlation(driver.yaw_deg, output.yaw_deg), pitch_corr=correlation(driver.pitch_deg, output.pitch_deg),
+        yaw_corr=correlation(driver.yaw_deg, output.yaw_deg),
+        pitch_corr=correlation(driver.pitch_deg, output.pitch_deg),
         output_faces=int(np.isfinite(output.mouth).sum()), driver_faces=int(np.isfinite(driver.mouth).sum()),
         frames=len(driver.mouth),
     )

@@ -45,9 +45,9 @@ def check_camera(config: Config) -> tuple[CheckResult, np.ndarray | None]:
 
 def check_landmarks(config: Config, frame: np.ndarray | None) -> CheckResult:
     """Verify and load the landmark model, and run it on the camera frame (or the sample clip)."""
-    from avatarcam.app import SAMPLE_DRIVER, landmark_model_path
     from avatarcam.capture import iter_frames
-    from avatarcam.landmarks import FaceLandmarker
+    from avatarcam.landmarks import FaceLandmarker, landmark_model_path
+    from avatarcam.paths import SAMPLE_DRIVER
 
     try:
         path = landmark_model_path(config)

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+
+# MediaPipe Face Landmarker blendshape categories, in its output order.
+BLENDSHAPE_NAMES: tuple[str, ...] = (
+    "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
+    "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight", "eyeLookDownLeft",
+    "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft", "eyeLookOutRight", "eyeLookUpLeft",
+    "eyeLookUpRight", "eyeSquintLeft", "eyeSquintRight", "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft",
+    "jawOpen", "jawRight", "mouthClose", "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft",
+    "mouthFrownRight", "mouthFunnel", "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthPressLeft",
+    "mouthPressRight", "mouthPucker", "mouthRight", "mouthRollLower", "mouthRollUpper", "mouthShrugLower",
+    "mouthShrugUpper", "mouthSmileLeft", "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight",
+    "mouthUpperUpLeft", "mouthUpperUpRight", "noseSneerLeft", "noseSneerRight",
+)
+BLENDSHAPE_INDEX = {name: i for i, name in enumerate(BLENDSHAPE_NAMES)}
 
 
 @dataclass(frozen=True)
@@ -28,7 +42,7 @@ class FaceObservation:
     points_px: np.ndarray
     """(478, 3) float32: x, y in pixels of the analysed image; z in the same pixel scale, smaller is nearer."""
     blendshapes: np.ndarray
-    """(52,) float32 in 0..1, in the order of avatarcam.landmarks.BLENDSHAPE_NAMES."""
+    """(52,) float32 in 0..1, in the order of BLENDSHAPE_NAMES."""
     head_matrix: np.ndarray
     """(4, 4) float32 facial transformation matrix (canonical face model -> camera, centimetres)."""
     image_size: tuple[int, int]
@@ -36,8 +50,6 @@ class FaceObservation:
 
     def blendshape(self, name: str) -> float:
         """Score of one named blendshape, 0..1."""
-        from avatarcam.landmarks import BLENDSHAPE_INDEX
-
         return float(self.blendshapes[BLENDSHAPE_INDEX[name]])
 
 
@@ -48,10 +60,3 @@ class Observed:
     frame: Frame
     face: FaceObservation | None
     landmarks_ms: float = 0.0
-
-
-@dataclass
-class StageTimes:
-    """Per-frame stage durations in milliseconds, filled as a frame moves through the pipeline."""
-
-    ms: dict[str, float] = field(default_factory=dict)

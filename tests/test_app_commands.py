@@ -8,10 +8,11 @@ import time
 import cv2
 import numpy as np
 
-from avatarcam.app import App, build_reenactor
+from avatarcam.app import App
 from avatarcam.capture import iter_frames
 from avatarcam.commands import Command
 from avatarcam.config import load_config
+from avatarcam.generators import build_reenactor
 from avatarcam.landmarks import FaceLandmarker
 from avatarcam.pipeline import AvatarStore, Rendered
 from avatarcam.types import Frame
@@ -39,7 +40,8 @@ def test_snapshot_saves_driver_landmarks_and_output(tmp_path, image_landmarker):
 
 def test_reload_picks_up_added_and_removed_images(tmp_path, model_path):
     shutil.copy(ASTRONAUT, tmp_path / "a.png")
-    reenactor = build_reenactor(load_config(None))
+    config = load_config(None)
+    reenactor = build_reenactor(config.generator, config.motion)
     store = AvatarStore(tmp_path, lambda: FaceLandmarker(model_path=model_path, mode="image"), reenactor)
     store.reload()
     assert store.loaded.wait(30)

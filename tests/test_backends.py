@@ -13,7 +13,6 @@ import pytest
 
 from avatarcam.backends import (
     BACKEND_CHOICES,
-    EXPORTABLE_MODELS,
     ONNX_IR_VERSION,
     ExportRecipe,
     HardwareFacts,
@@ -24,7 +23,6 @@ from avatarcam.backends import (
     detect_hardware,
     export_onnx,
     load_exported,
-    model_spec,
     open_backend,
     runtime_class,
     select_backend,
@@ -35,6 +33,7 @@ from avatarcam.backends import (
 from avatarcam.backends.export import onnxruntime_max_ir_version
 from avatarcam.backends.sidecar import sha256_file, sidecar_path, write_sidecar
 from avatarcam.errors import ConfigError, EngineError, ModelFileError
+from avatarcam.generators import EXPORTABLE_MODELS, model_spec
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")

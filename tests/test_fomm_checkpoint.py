@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from avatarcam.errors import ModelFileError
-from avatarcam.generators.fomm_checkpoint import (
+from avatarcam.generators.fomm.checkpoint import (
     build_fomm_modules,
     infer_fomm_config,
     load_fomm_checkpoint,
     read_fomm_state_dicts,
 )
-from avatarcam.generators.fomm_model import FommConfig, FommGenerator, FommKeypointDetector
+from avatarcam.generators.fomm.model import FommConfig, FommGenerator, FommKeypointDetector
 
 FIXTURES = Path(__file__).parent / "fixtures" / "fomm"
 TINY = FIXTURES / "tiny-checkpoint.pth.tar"

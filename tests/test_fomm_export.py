@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from avatarcam.backends import EXPORTABLE_MODELS, HardwareFacts, detect_hardware, load_exported, load_recipe
-from avatarcam.backends.export import verify_onnx
+from avatarcam.backends import HardwareFacts, detect_hardware, load_exported
+from avatarcam.generators import EXPORTABLE_MODELS, load_recipe
+from avatarcam.backends.verify import verify_onnx
 from avatarcam.errors import EngineError, ModelFileError
-from avatarcam.generators import fomm_export as fx
-from avatarcam.generators.fomm import FommReenactor, FommSettings
+from avatarcam.generators.fomm import export as fx
+from avatarcam.generators.fomm.reenactor import FommReenactor, FommSettings
 from avatarcam.motion import MotionSettings
 from avatarcam.types import Frame, Observed
 from tests.conftest import D12, ROOT
@@ -123,7 +124,7 @@ def test_exports_are_reused_per_checkpoint_and_redone_when_stale(models, tmp_pat
 
 def test_registry_entries_use_the_environment_checkpoint(monkeypatch, tmp_path, caplog, capsys):
     for name in fx.MODEL_NAMES:
-        assert EXPORTABLE_MODELS[name].startswith("avatarcam.generators.fomm_export:")
+        assert EXPORTABLE_MODELS[name].startswith("avatarcam.generators.fomm.export:")
     monkeypatch.setenv(fx.CHECKPOINT_ENV, str(TINY))
     sys.path.insert(0, str(ROOT / "tools"))
     try:

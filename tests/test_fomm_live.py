@@ -13,14 +13,14 @@ import pytest
 from avatarcam.commands import Command
 from avatarcam.config import load_config
 from avatarcam.errors import FaceMimicError, ModelFileError
-from avatarcam.generators.fomm import (
+from avatarcam.generators.fomm.reenactor import (
     FommKeypointArrays,
     FommReenactor,
     FommSettings,
     build_fomm_reenactor,
     relative_motion,
 )
-from avatarcam.generators.fomm_model import movement_scale
+from avatarcam.generators.fomm.model import movement_scale
 from avatarcam.handoff import LatestSlot
 from avatarcam.motion import Calibrator, MotionSettings
 from avatarcam.types import FaceObservation, Frame, Observed
@@ -253,8 +253,8 @@ def test_config_builds_the_reenactor_with_the_inferred_model(tmp_path):
 
 
 def test_released_checkpoints_run_at_256():
-    from avatarcam.generators.fomm_export import default_image_size
-    from avatarcam.generators.fomm_model import FommConfig
+    from avatarcam.generators.fomm.export import default_image_size
+    from avatarcam.generators.fomm.model import FommConfig
 
     assert default_image_size(FommConfig.vox256()) == 256
 
@@ -263,7 +263,7 @@ def test_released_checkpoints_run_at_256():
 def test_vox256_random_checkpoint_renders_a_cropped_frame(tmp_path, portrait_avatar, observations):
     import torch
 
-    from avatarcam.generators.fomm_model import FommConfig, FommGenerator, FommKeypointDetector
+    from avatarcam.generators.fomm.model import FommConfig, FommGenerator, FommKeypointDetector
 
     config = FommConfig.vox256()
     checkpoint = tmp_path / "vox-random.pth.tar"

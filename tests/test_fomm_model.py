@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from avatarcam.errors import ConfigError
-from avatarcam.generators.fomm_checkpoint import load_fomm_checkpoint
-from avatarcam.generators.fomm_model import (
+from avatarcam.generators.fomm.checkpoint import load_fomm_checkpoint
+from avatarcam.generators.fomm.model import (
     FommConfig,
     FommFrameGenerator,
     FommGenerator,

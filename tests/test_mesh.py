@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from avatarcam import landmarks as lm
-from avatarcam.generators.mesh import MeshGenerator, MeshSettings, draw_mouth_interior
+from avatarcam.generators.mesh.model import MeshGenerator, MeshSettings, draw_mouth_interior
 from avatarcam.motion import DrivenFace, neutral_driven
 from avatarcam.quality import psnr
 

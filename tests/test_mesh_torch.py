@@ -10,26 +10,24 @@ import pytest
 
 from avatarcam import landmarks as lm
 from avatarcam.backends import (
-    EXPORTABLE_MODELS,
     HardwareFacts,
     OnnxRuntimeRunner,
     detect_hardware,
-    export_registered,
     load_exported,
-    model_spec,
     select_backend,
     source_hash,
 )
 from avatarcam.backends.sidecar import sidecar_path, write_sidecar
 from avatarcam.errors import ConfigError, EngineError, ModelFileError
-from avatarcam.generators.mesh import MeshGenerator, MeshSettings
+from avatarcam.generators import EXPORTABLE_MODELS, export_registered, model_spec
+from avatarcam.generators.mesh.model import MeshGenerator, MeshSettings
 from avatarcam.motion import DrivenFace, neutral_driven
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from avatarcam.generators import mesh_torch  # noqa: E402 - needs torch
-from avatarcam.generators.mesh_torch import (  # noqa: E402
+from avatarcam.generators.mesh import torch_warp as mesh_torch  # noqa: E402 - needs torch
+from avatarcam.generators.mesh.torch_warp import (  # noqa: E402
     NUM_CONTROL_POINTS,
     MeshWarp,
     MeshWarpRunner,
@@ -128,7 +126,7 @@ def test_control_point_count_is_fixed_by_the_settings(prepared):
 
 
 def test_registry_recipe_has_default_shapes_and_needs_no_landmarker():
-    assert EXPORTABLE_MODELS["mesh_warp"] == "avatarcam.generators.mesh_torch:export_recipe"
+    assert EXPORTABLE_MODELS["mesh_warp"] == "avatarcam.generators.mesh.torch_warp:export_recipe"
     recipe = mesh_torch.export_recipe()
     shapes = {name: a.shape for name, a in recipe.example_inputs.items()}
     assert shapes == {"image": (1, 3, 512, 512), "weights": (16384, 572), "displacements": (572, 2)}
@@ -348,11 +346,14 @@ def test_tensorrt_warp_matches_torch(tmp_path, module, generator, prepared):
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_the_live_generator_runs_through_a_named_backend(backend, portrait_avatar):
     """generator.backend picks the runtime for the whole generator; the frames match the CPU path."""
-    from avatarcam.app import build_reenactor
     from avatarcam.config import load_config
-    reference = build_reenactor(load_config(None))
+    from avatarcam.generators import build_reenactor
+
+    default = load_config(None)
+    reference = build_reenactor(default.generator, default.motion)
     assert reference.runtime == "numpy/cv2 (CPU)"  # auto on a machine without CUDA
-    named = build_reenactor(load_config(None, {"generator.backend": backend}))
+    chosen = load_config(None, {"generator.backend": backend})
+    named = build_reenactor(chosen.generator, chosen.motion)
     try:
         assert backend in named.runtime
         prepared = named.prepare(portrait_avatar)

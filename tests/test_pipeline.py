@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from avatarcam.app import build_reenactor
+from avatarcam.generators import build_reenactor
 from avatarcam.capture import CaptureThread, SourceSpec
 from avatarcam.commands import Command
 from avatarcam.config import load_config
@@ -20,7 +20,8 @@ from tests.conftest import D12, PORTRAIT, ROOT
 @pytest.fixture(scope="module")
 def live(model_path):
     """A running capture -> landmarks -> render pipeline on the d12 clip with the shipped avatars."""
-    reenactor = build_reenactor(load_config(None))
+    config = load_config(None)
+    reenactor = build_reenactor(config.generator, config.motion)
     store = AvatarStore(ROOT / "avatars", lambda: FaceLandmarker(model_path=model_path, mode="image"), reenactor,
                         extra=[PORTRAIT])
     store.load_first(PORTRAIT)

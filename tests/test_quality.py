@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatarcam.app import build_reenactor
+from avatarcam.generators import build_reenactor
 from avatarcam.capture import iter_frames
 from avatarcam.config import load_config
 from avatarcam.landmarks import FaceLandmarker
@@ -24,7 +24,8 @@ FPS = 25.0
 
 def _render(driver, avatar, model_path):
     """Raw output canvases (no video encoding) for every driver frame, neutral = frame 0."""
-    reenactor = build_reenactor(load_config(None))
+    config = load_config(None)
+    reenactor = build_reenactor(config.generator, config.motion)
     prepared = reenactor.prepare(avatar)
     frames = list(iter_frames(str(driver)))
     outputs, faces = [], []

@@ -22,10 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from avatarcam.generators import GENERATORS
+from avatarcam.timing import percentiles_ms
 
-from avatarcam.timing import percentiles_ms  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 STAGES = ("decode", "landmarks", "motion", "generate", "compose", "output")
 THROUGHPUT_CAMERA_FPS = 60.0
@@ -47,18 +47,17 @@ def run_one(size: int, seconds: float, camera_fps: float, clip: Path, avatar_pat
     """One configuration, in this process: returns the measurements."""
     import numpy as np
 
-    from avatarcam.app import build_reenactor, landmark_model_path
-    from avatarcam.avatars import load_avatar
     from avatarcam.capture import CaptureThread, SourceSpec
     from avatarcam.config import load_config
-    from avatarcam.landmarks import FaceLandmarker
+    from avatarcam.generators import build_reenactor
+    from avatarcam.landmarks import FaceLandmarker, landmark_model_path
     from avatarcam.motion import Calibrator
     from avatarcam.pipeline import AvatarStore, LandmarkWorker, RenderWorker
     from avatarcam.vcam import FrameComposer
 
     config = load_config(None, {"generator.canvas_size": size, "generator.backend": backend})
     model_path = landmark_model_path(config)
-    reenactor = build_reenactor(config)
+    reenactor = build_reenactor(config.generator, config.motion)
     store = AvatarStore(ROOT / "avatars", lambda: FaceLandmarker(model_path=model_path, mode="image"), reenactor)
     prepare_start = time.perf_counter()
     store.load_first(avatar_path)
@@ -121,7 +120,7 @@ def run_one(size: int, seconds: float, camera_fps: float, clip: Path, avatar_pat
         "avatar_prepare_ms": round(prepare_ms, 1),
         "rss_growth_mb": round(rss_end_mb - rss_start_mb, 1),
         "backend": backend,
-        "runtime": getattr(reenactor, "runtime", reenactor.name),
+        "runtime": reenactor.runtime,
         "render_failures": worker.render_failures,
     }
 
@@ -138,7 +137,7 @@ def main() -> int:
     parser.add_argument("--backend", nargs="+", default=["auto"],
                         choices=("auto", "tensorrt", "onnxruntime", "torch"),
                         help="generator runtimes to compare (auto = the fastest on this machine)")
-    parser.add_argument("--model", choices=("mesh", "fomm"), default="mesh",
+    parser.add_argument("--model", choices=tuple(GENERATORS), default="mesh",
                         help="fomm: run tools/bench_fomm.py (per-runtime ms per frame, switch time, memory)")
     parser.add_argument("--checkpoint", type=Path, help="with --model fomm: a real checkpoint (default: random "
                         "vox-256 weights, fine for timing)")

@@ -25,13 +25,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
+from avatarcam.timing import percentiles_ms
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tools/ run as scripts; the package lives one level up
-
-from avatarcam.timing import percentiles_ms  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 DEFAULT_AVATAR = ROOT / "tests" / "fixtures" / "source" / "lp_s42.jpg"
 BACKENDS = ("numpy-cv2", "torch", "onnxruntime", "tensorrt")
@@ -74,7 +72,7 @@ def driven_sequence(prepared, count: int) -> list:
 def prepare_avatar(avatar_path: Path, size: int, landmarker):
     """The avatar prepared for a size x size canvas, and its generator (mouth interior off: not part of the warp)."""
     from avatarcam.avatars import load_avatar
-    from avatarcam.generators.mesh import MeshGenerator, MeshSettings
+    from avatarcam.generators.mesh.model import MeshGenerator, MeshSettings
 
     avatar = load_avatar(avatar_path, landmarker, size)
     settings = MeshSettings(canvas_size=size, grid_size=min(128, size // 4), mouth_interior=False)
@@ -87,7 +85,7 @@ def frame_function(backend: str, generator, engines: Path, hardware,
     """(render(prepared, driven, out), allocations(), close()) for one backend."""
     if backend == "numpy-cv2":
         return (lambda prepared, driven, out: generator.generate(prepared, driven, out)), (lambda: 0), (lambda: None)
-    from avatarcam.generators.mesh_torch import MeshWarpRunner
+    from avatarcam.generators.mesh.torch_warp import MeshWarpRunner
 
     runner = MeshWarpRunner(requested=backend, settings=generator.settings, engines_dir=engines, hardware=hardware,
                             intra_op_threads=threads, log=lambda line: print(f"    {line}", flush=True)).open()

@@ -28,11 +28,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tools/ run as scripts; the package lives one level up
+from avatarcam.timing import percentiles_ms
 
-from avatarcam.timing import percentiles_ms  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_DRIVER = ROOT / "tests" / "fixtures" / "driving" / "d12.mp4"
 DEFAULT_AVATARS = (ROOT / "avatars" / "astronaut.png", ROOT / "tests" / "fixtures" / "source" / "lp_s42.jpg")
@@ -44,7 +42,7 @@ def make_random_vox256(path: Path, seed: int = 0) -> Path:
     """Save a random-weight vox-256 checkpoint and check its keys and shapes against keys-vox256.json."""
     import torch
 
-    from avatarcam.generators.fomm_model import FommConfig, FommGenerator, FommKeypointDetector
+    from avatarcam.generators.fomm.model import FommConfig, FommGenerator, FommKeypointDetector
 
     torch.manual_seed(seed)
     config = FommConfig.vox256()
@@ -69,7 +67,7 @@ def run_one(runtime: str, checkpoint: Path, engines: Path, driver: Path, avatars
     import numpy as np
 
     from avatarcam.avatars import load_avatar
-    from avatarcam.generators.fomm import FommReenactor, FommSettings
+    from avatarcam.generators.fomm.reenactor import FommReenactor, FommSettings
     from avatarcam.landmarks import DEFAULT_MODEL_PATH, FaceLandmarker
     from avatarcam.motion import MotionSettings
     from avatarcam.types import Frame, Observed

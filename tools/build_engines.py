@@ -12,20 +12,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tools/ run as scripts; the package lives one level up
-
-from avatarcam.backends.engine_cache import (  # noqa: E402
+from avatarcam.backends.engine_cache import (
     DEFAULT_WORKSPACE_BYTES,
     PRECISIONS,
     TENSORRT_INSTALL_HINT,
     ensure_engine,
 )
-from avatarcam.backends.hardware import HardwareFacts, detect_hardware  # noqa: E402
-from avatarcam.backends.tensorrt_builder import StatusLine  # noqa: E402
-from avatarcam.errors import FaceMimicError  # noqa: E402
-from avatarcam.paths import ENGINES_DIR  # noqa: E402
+from avatarcam.backends.hardware import HardwareFacts, detect_hardware
+from avatarcam.backends.tensorrt_builder import StatusLine
+from avatarcam.errors import FaceMimicError
+from avatarcam.paths import ENGINES_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
 
 EXIT_OK, EXIT_FAILED, EXIT_NO_TENSORRT = 0, 1, 2
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Export registered models to engines/NAME.onnx + engines/NAME.json and verify each against torch on ONNX Runtime CPU.
 
-    python tools/export_onnx.py                      # every model in EXPORTABLE_MODELS
+    python tools/export_onnx.py                      # every model in avatarcam.generators.EXPORTABLE_MODELS
     python tools/export_onnx.py --model mesh_warp --out engines/
 """
 
@@ -12,12 +12,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tools/ run as scripts; the package lives one level up
+from avatarcam.errors import FaceMimicError
+from avatarcam.paths import ENGINES_DIR
 
-from avatarcam.errors import FaceMimicError  # noqa: E402
-from avatarcam.paths import ENGINES_DIR  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -32,7 +30,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None, *, registry: Mapping[str, object] | None = None) -> int:
     """Export and verify; returns the process exit code (0 ok, 1 a model failed or none is registered)."""
     args = _parse(argv)
-    from avatarcam.backends.models import EXPORTABLE_MODELS, export_registered
+    from avatarcam.generators import EXPORTABLE_MODELS, export_registered
 
     models = EXPORTABLE_MODELS if registry is None else registry
     if args.list:
@@ -42,7 +40,7 @@ def main(argv: Sequence[str] | None = None, *, registry: Mapping[str, object] | 
     names = args.model or sorted(models)
     if not names:
         print(
-            "export_onnx: no models are registered: add one line to EXPORTABLE_MODELS in avatarcam/backends/models.py",
+            "export_onnx: no models are registered: add a model to a generator family's `exports` (avatarcam/generators/<family>/__init__.py)",
             file=sys.stderr,
         )
         return 1

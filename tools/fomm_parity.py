@@ -15,19 +15,16 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from avatarcam.errors import FaceMimicError  # noqa: E402
-from avatarcam.generators.fomm_checkpoint import (  # noqa: E402
+from avatarcam.errors import FaceMimicError
+from avatarcam.generators.fomm.checkpoint import (
     infer_fomm_config,
     load_fomm_checkpoint,
     read_fomm_state_dicts,
 )
-from avatarcam.generators.fomm_model import FommConfig, movement_scale, normalize_kp  # noqa: E402
+from avatarcam.generators.fomm.model import FommConfig, movement_scale, normalize_kp
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "fomm"
 

@@ -1,4 +1,7 @@
-"""Install FaceMimic: Python packages, the face landmark model (sha256-verified) and, with --dev, test tools."""
+"""Install FaceMimic: the avatarcam package and its dependencies (pip install -e .), the face landmark model
+(sha256-verified) and, with --dev, the test and check tools.
+
+This script imports nothing of avatarcam: it is what makes avatarcam importable."""
 
 from __future__ import annotations
 
@@ -40,8 +43,11 @@ def run(cmd: list[str]) -> None:
 
 
 def install_packages(dev: bool) -> None:
-    requirements = ROOT / ("requirements-dev.txt" if dev else "requirements.txt")
-    run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-r", str(requirements)])
+    """`pip install -e .` (with the `dev` extra for --dev): the avatarcam package, editable, with its dependencies
+    from pyproject.toml, and the `facemimic` command. Editable, because the app reads avatars/ and engines/ beside
+    the package."""
+    target = f"{ROOT}[dev]" if dev else str(ROOT)
+    run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-e", target])
 
 
 def _from_url(target: Path) -> str | None:

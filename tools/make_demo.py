@@ -12,18 +12,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+import cv2
+import numpy as np
+
+from avatarcam.avatars import load_avatar
+from avatarcam.capture import iter_frames
+from avatarcam.config import load_config
+from avatarcam.generators import build_reenactor
+from avatarcam.landmarks import FaceLandmarker, landmark_model_path
+from avatarcam.offline import render_video
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from avatarcam.app import build_reenactor, landmark_model_path  # noqa: E402
-from avatarcam.avatars import load_avatar  # noqa: E402
-from avatarcam.capture import iter_frames  # noqa: E402
-from avatarcam.config import load_config  # noqa: E402
-from avatarcam.landmarks import FaceLandmarker  # noqa: E402
-from avatarcam.offline import render_video  # noqa: E402
 
 
 def main() -> int:
@@ -44,7 +43,7 @@ def main() -> int:
                 for f in iter_frames(str(args.driver))]]
     with tempfile.TemporaryDirectory() as tmp:
         for avatar_path in args.avatars:
-            reenactor = build_reenactor(config)
+            reenactor = build_reenactor(config.generator, config.motion)
             with FaceLandmarker(model_path=model_path, mode="image") as landmarker:
                 avatar = load_avatar(avatar_path, landmarker, reenactor.canvas_size)
             out = Path(tmp) / f"{avatar_path.stem}.avi"

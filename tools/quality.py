@@ -11,16 +11,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from avatarcam.avatars import load_avatar
+from avatarcam.capture import file_info, iter_frames
+from avatarcam.config import load_config
+from avatarcam.generators import build_reenactor
+from avatarcam.landmarks import FaceLandmarker, landmark_model_path
+from avatarcam.offline import render_video
+from avatarcam.quality import compare, frame_jumps, video_signals
 
-from avatarcam.app import build_reenactor, landmark_model_path  # noqa: E402
-from avatarcam.avatars import load_avatar  # noqa: E402
-from avatarcam.capture import file_info, iter_frames  # noqa: E402
-from avatarcam.config import load_config  # noqa: E402
-from avatarcam.landmarks import FaceLandmarker  # noqa: E402
-from avatarcam.offline import render_video  # noqa: E402
-from avatarcam.quality import compare, frame_jumps, video_signals  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 FIXTURES = ROOT / "tests" / "fixtures"
 
@@ -29,7 +28,7 @@ def measure(driver: Path, avatar_path: Path, workdir: Path, config=None) -> dict
     """Render one pair and return its quality numbers."""
     config = config or load_config(None)
     model_path = landmark_model_path(config)
-    reenactor = build_reenactor(config)
+    reenactor = build_reenactor(config.generator, config.motion)
     with FaceLandmarker(model_path=model_path, mode="image") as landmarker:
         avatar = load_avatar(avatar_path, landmarker, reenactor.canvas_size)
     out = workdir / f"{driver.stem}-{avatar_path.stem}.mp4"

@@ -10,15 +10,13 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from avatarcam.app import build_reenactor, landmark_model_path  # noqa: E402
-from avatarcam.avatars import load_avatar  # noqa: E402
-from avatarcam.config import load_config, parse_override  # noqa: E402
-from avatarcam.errors import FaceMimicError  # noqa: E402
-from avatarcam.landmarks import FaceLandmarker  # noqa: E402
-from avatarcam.offline import render_video  # noqa: E402
-from avatarcam.paths import DEFAULT_CONFIG  # noqa: E402
+from avatarcam.avatars import load_avatar
+from avatarcam.config import load_config, parse_override
+from avatarcam.errors import FaceMimicError
+from avatarcam.generators import GENERATORS, build_reenactor
+from avatarcam.landmarks import FaceLandmarker, landmark_model_path
+from avatarcam.offline import render_video
+from avatarcam.paths import DEFAULT_CONFIG
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output video (.mp4, .avi, or .mkv for lossless FFV1)")
     parser.add_argument("--neutral-frame", type=int, default=0, help="driver frame taken as the neutral pose")
     parser.add_argument("--side-by-side", action="store_true", help="driver and avatar next to each other")
-    parser.add_argument("--model", choices=("mesh", "fomm"), help="generator (default: config.yaml)")
+    parser.add_argument("--model", choices=tuple(GENERATORS), help="generator (default: config.yaml)")
     parser.add_argument("--checkpoint", help="FOMM checkpoint (with --model fomm)")
     parser.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"))
     parser.add_argument("--no-crop", action="store_true",
@@ -50,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             raise FaceMimicError(f"--neutral-frame {args.neutral_frame} is negative: give a frame number from 0")
         config = load_config(args.config, overrides)
         model_path = landmark_model_path(config)
-        reenactor = build_reenactor(config)
+        reenactor = build_reenactor(config.generator, config.motion)
         with FaceLandmarker(model_path=model_path, mode="image") as landmarker:
             avatar = load_avatar(Path(args.avatar), landmarker, reenactor.canvas_size)
         prepared = reenactor.prepare(avatar)

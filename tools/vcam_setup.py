@@ -15,10 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout: python tools/vcam_setup.py
-
-from avatarcam import vcam  # noqa: E402
-from avatarcam.errors import DeviceError  # noqa: E402
+from avatarcam import vcam
+from avatarcam.errors import DeviceError
 
 
 def check(*, system: str, sysfs_root: str, label: str) -> int:

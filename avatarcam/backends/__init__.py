@@ -3,7 +3,7 @@
 Importing this package imports none of tensorrt, torch, onnxruntime, onnx or cuda; each runner imports its framework
 in open(). Typical use:
 
-    spec = model_spec("mesh_warp", cpu_runtime="torch")        # or ModelSpec(...) by hand
+    spec = generators.model_spec("mesh_warp", cpu_runtime="torch")  # or ModelSpec(...) by hand
     with select_backend("auto", spec) as runner:               # logs one line per skipped runtime
         outputs = runner.run({"source": source, "grid": grid})  # name -> np.ndarray, checked before running
 
@@ -20,10 +20,9 @@ from avatarcam.backends.export import (
     export_onnx,
     load_exported,
     source_hash,
-    verify_onnx,
 )
 from avatarcam.backends.hardware import HardwareFacts, detect_hardware
-from avatarcam.backends.models import EXPORTABLE_MODELS, ExportRecipe, export_registered, load_recipe, model_spec
+from avatarcam.backends.models import ExportRecipe
 from avatarcam.backends.onnxruntime_runner import OnnxRuntimeRunner
 from avatarcam.backends.selection import (
     BACKEND_CHOICES,
@@ -36,10 +35,10 @@ from avatarcam.backends.selection import (
 )
 from avatarcam.backends.tensorrt_runner import TensorRTRunner
 from avatarcam.backends.torch_runner import TorchRunner
+from avatarcam.backends.verify import verify_onnx
 
 __all__ = [
     "BACKEND_CHOICES",
-    "EXPORTABLE_MODELS",
     "ONNX_IR_VERSION",
     "RUNTIMES",
     "EngineKey",
@@ -61,10 +60,7 @@ __all__ = [
     "engine_path",
     "ensure_engine",
     "export_onnx",
-    "export_registered",
     "load_exported",
-    "load_recipe",
-    "model_spec",
     "open_backend",
     "runtime_class",
     "select_backend",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -113,10 +113,10 @@ class StagingBuffers:
 
     def _make_slot(self, index: int) -> StagingSlot:
         if self._device == "cpu":
-            host_in = {s.name: self._host_array(s) for s in self._input_specs}
-            host_out = {s.name: self._host_array(s) for s in self._output_specs}
+            cpu_in = {s.name: self._host_array(s) for s in self._input_specs}
+            cpu_out = {s.name: self._host_array(s) for s in self._output_specs}
             return StagingSlot(
-                index=index, host_inputs=host_in, host_outputs=host_out, device_inputs=host_in, device_outputs=host_out
+                index=index, host_inputs=cpu_in, host_outputs=cpu_out, device_inputs=cpu_in, device_outputs=cpu_out
             )
         torch = self._import_torch()
         if not self._streams:
@@ -166,7 +166,7 @@ class StagingBuffers:
 
     def _host_array(self, spec: TensorSpec) -> np.ndarray:
         self._allocations += 1
-        return np.zeros(spec.shape, dtype=spec.dtype)
+        return np.zeros(cast(tuple[int, ...], spec.shape), dtype=spec.dtype)  # fixed shapes: checked in __init__
 
     def _pinned_tensor(self, spec: TensorSpec) -> Any:
         self._allocations += 1

@@ -15,18 +15,13 @@ from typing import Any
 
 from avatarcam.backends.base import shape_text
 from avatarcam.backends.export import load_exported
-from avatarcam.backends.hardware import HardwareFacts
+from avatarcam.backends.hardware import TENSORRT_INSTALL_HINT, HardwareFacts
 from avatarcam.backends.onnx_fp16 import FP16_CONVERTER
 from avatarcam.backends.sidecar import read_sidecar, sha256_file, sidecar_path, write_sidecar
 from avatarcam.errors import EngineError, ModelFileError
 
 PRECISIONS = ("fp16", "fp32")
 ENGINE_SIDECAR_FORMAT = "facemimic-trt-engine/2"  # /2: the key records the network recipe
-TENSORRT_INSTALL_HINT = (
-    "install TensorRT 10 or 11 on a machine with an NVIDIA GPU: "
-    "`python -m pip install -r requirements-gpu.txt --extra-index-url https://pypi.nvidia.com` "
-    "(GPU users only; the CPU path needs nothing extra)"
-)
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 KEY_CHARS = 16
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from avatarcam.backends.base import ModelIO, TensorSpec, shape_text
+from avatarcam.backends.base import ModelIO, TensorSpec
 from avatarcam.backends.sidecar import read_sidecar, sha256_file, sidecar_path, write_sidecar
 from avatarcam.errors import EngineError, ModelFileError
 
@@ -86,7 +86,7 @@ def _to_tensor(value: Any, name: str) -> Any:
     )
 
 
-def _ordered_inputs(example_inputs: Mapping[str, Any], input_names: Sequence[str]) -> tuple[Any, ...]:
+def ordered_inputs(example_inputs: Mapping[str, Any], input_names: Sequence[str]) -> tuple[Any, ...]:
     if set(example_inputs) != set(input_names):
         raise EngineError(
             f"example inputs are named {sorted(example_inputs)} but input_names are {list(input_names)}: "
@@ -95,7 +95,7 @@ def _ordered_inputs(example_inputs: Mapping[str, Any], input_names: Sequence[str
     return tuple(_to_tensor(example_inputs[n], n) for n in input_names)
 
 
-def _module_device_args(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+def module_device_args(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
     """Move inputs to the module's device so CUDA-resident modules export and verify too."""
     parameter = next(iter(module.parameters()), None)
     return args if parameter is None else tuple(a.to(parameter.device) for a in args)
@@ -175,7 +175,7 @@ def export_onnx(
     if out_path.suffix != ".onnx":
         raise EngineError(f"export path {out_path} ends in {out_path.suffix!r} but '.onnx' was expected: rename it")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    args = _module_device_args(module, _ordered_inputs(example_inputs, input_names))
+    args = module_device_args(module, ordered_inputs(example_inputs, input_names))
     tmp_path = out_path.with_name(out_path.name + ".tmp")
     try:
         _torch_export(
@@ -290,51 +290,6 @@ def load_exported(onnx_path: Path | str, *, expected_source_hash: str | None = N
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{side} lacks or garbles field {exc}: {fix}") from exc
-
-
-def verify_onnx(
-    exported: ExportedModel, module: Any, inputs: Mapping[str, Any], *, atol: float = 1e-4
-) -> dict[str, float]:
-    """Run exported on ONNX Runtime CPU and module on torch; return max abs error per output, EngineError past atol."""
-    import torch
-
-    from avatarcam.backends.onnxruntime_runner import OnnxRuntimeRunner
-
-    feed = {
-        name: (value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value))
-        for name, value in inputs.items()
-    }
-    with OnnxRuntimeRunner(onnx_path=exported.onnx_path, device="cpu") as runner:
-        got = {k: np.array(v) for k, v in runner.run(feed).items()}  # copy: runner outputs may be reused buffers
-    args = _module_device_args(module, _ordered_inputs(feed, exported.io.input_names))
-    with torch.inference_mode():
-        expected = module(*args)
-    if isinstance(expected, torch.Tensor):
-        expected = (expected,)
-    expected_np = [t.detach().cpu().numpy() for t in expected]
-    if len(expected_np) != len(exported.io.outputs):
-        raise EngineError(
-            f"module returns {len(expected_np)} tensors but {exported.onnx_path.name} has "
-            f"{len(exported.io.outputs)} outputs: {export_fix(exported.onnx_path)}"
-        )
-    errors: dict[str, float] = {}
-    for spec, want in zip(exported.io.outputs, expected_np):
-        have = got[spec.name]
-        if have.shape != want.shape:
-            raise EngineError(
-                f"output {spec.name!r} of {exported.onnx_path.name} has shape {shape_text(have.shape)} on ONNX "
-                f"Runtime but {shape_text(want.shape)} on torch: {export_fix(exported.onnx_path)}"
-            )
-        diff = np.abs(have.astype(np.float64) - want.astype(np.float64))
-        errors[spec.name] = float(diff.max()) if diff.size else 0.0
-    worst = max(errors, key=errors.__getitem__, default=None)
-    if worst is not None and not errors[worst] <= atol:
-        detail = ", ".join(f"{k}={v:.3g}" for k, v in errors.items())
-        raise EngineError(
-            f"{exported.onnx_path.name} differs from torch: max abs error of {worst!r} is {errors[worst]:.3g} but at "
-            f"most {atol:g} was expected ({detail}): check the module for ops the exporter approximates"
-        )
-    return errors
 
 
 def onnxruntime_max_ir_version() -> int:

@@ -13,6 +13,13 @@ _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
 _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
 _DRIVER_LIBRARIES = ("libcuda.so.1", "libcuda.so", "nvcuda.dll")
 
+TENSORRT_INSTALL_HINT = (
+    "install TensorRT 10 or 11 on a machine with an NVIDIA GPU: "
+    "`python -m pip install -r requirements-gpu.txt --extra-index-url https://pypi.nvidia.com` "
+    "(GPU users only; the CPU path needs nothing extra)"
+)
+"""The fix named by every error that needs TensorRT where it is not installed."""
+
 
 @dataclass(frozen=True)
 class HardwareFacts:

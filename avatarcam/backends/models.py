@@ -1,10 +1,11 @@
-"""The export registry: model name -> recipe (torch module, example inputs, names, dynamic axes) for ONNX export.
+"""Export recipes: a torch module, example inputs, names and dynamic axes, and the functions that export, verify
+and run a model by its registered name.
 
-Registering a model is one line in EXPORTABLE_MODELS below, pointing at a function in your module that returns an
-ExportRecipe. The reference is a "package.module:function" string so that nothing is imported (no torch, no
-weights) until that model is exported or run on torch:
+The registry itself belongs to the generators (avatarcam.generators.EXPORTABLE_MODELS, filled from each family's
+`exports`); these functions take it as an argument so that backends never import a generator. A registry maps a
+name to a "package.module:function" string, imported only when that model is exported or run on torch:
 
-    # avatarcam/generators/mesh.py
+    # avatarcam/generators/mesh/torch_warp.py
     def export_recipe() -> ExportRecipe:
         return ExportRecipe(
             module=MeshWarp().eval(),
@@ -12,12 +13,13 @@ weights) until that model is exported or run on torch:
             output_names=("warped",),
         )
 
-    # here:
-    "mesh_warp": "avatarcam.generators.mesh:export_recipe",
+    # avatarcam/generators/mesh/__init__.py, in FAMILY:
+    exports={"mesh_warp": "avatarcam.generators.mesh.torch_warp:export_recipe"},
 
 Then `python tools/export_onnx.py --model mesh_warp` writes engines/mesh_warp.onnx + engines/mesh_warp.json and
-prints the max abs error against torch, and `model_spec("mesh_warp", cpu_runtime="torch")` gives select_backend
-what it needs. Tests register callables with monkeypatch.setitem(EXPORTABLE_MODELS, "name", factory).
+prints the max abs error against torch, and `avatarcam.generators.model_spec("mesh_warp", cpu_runtime="torch")`
+gives select_backend what it needs. Tests register callables with
+monkeypatch.setitem(avatarcam.generators.EXPORTABLE_MODELS, "name", factory).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from avatarcam.backends.export import DEFAULT_OPSET, ExportedModel, export_onnx, verify_onnx
+from avatarcam.backends.export import DEFAULT_OPSET, ExportedModel, export_onnx
 from avatarcam.backends.selection import ModelSpec
+from avatarcam.backends.verify import verify_onnx
 from avatarcam.errors import ConfigError
 from avatarcam.paths import ENGINES_DIR
 
@@ -75,14 +78,8 @@ class ExportRecipe:
         return samples
 
 
-EXPORTABLE_MODELS: dict[str, str | RecipeFactory] = {
-    # One line per model: "name": "package.module:function returning ExportRecipe".
-    "mesh_warp": "avatarcam.generators.mesh_torch:export_recipe",
-    "fomm_kp_detector": "avatarcam.generators.fomm_export:kp_detector_recipe",
-    "fomm_source_encoder": "avatarcam.generators.fomm_export:source_encoder_recipe",
-    "fomm_frame_generator": "avatarcam.generators.fomm_export:frame_generator_recipe",
-}
-"""Every model tools/export_onnx.py can export, by name."""
+Registry = Mapping[str, "str | RecipeFactory"]
+"""Model name -> \"package.module:function\" or a factory returning an ExportRecipe."""
 
 
 def _resolve(name: str, entry: str | RecipeFactory) -> RecipeFactory:
@@ -98,11 +95,10 @@ def _resolve(name: str, entry: str | RecipeFactory) -> RecipeFactory:
     return factory
 
 
-def load_recipe(name: str, *, registry: Mapping[str, str | RecipeFactory] | None = None) -> ExportRecipe:
+def load_recipe(name: str, *, registry: Registry) -> ExportRecipe:
     """Build the ExportRecipe registered under name; an unknown name lists the registered ones."""
-    registry = EXPORTABLE_MODELS if registry is None else registry
     if name not in registry:
-        known = ", ".join(sorted(registry)) or "none yet (add a line to EXPORTABLE_MODELS in backends/models.py)"
+        known = ", ".join(sorted(registry)) or "none yet (add a model to a generator family's `exports`)"
         raise ConfigError(f"unknown model {name!r}: registered models are {known}")
     recipe = _resolve(name, registry[name])()
     if not isinstance(recipe, ExportRecipe):
@@ -116,7 +112,7 @@ def export_registered(
     name: str,
     *,
     out_dir: Path | str = ENGINES_DIR,
-    registry: Mapping[str, str | RecipeFactory] | None = None,
+    registry: Registry,
     seed: int = 0,
 ) -> tuple[ExportedModel, dict[str, float]]:
     """Export a registered model to out_dir/NAME.onnx (+ .json) and verify it on fresh inputs; returns both results."""
@@ -141,10 +137,9 @@ def model_spec(
     cpu_runtime: str = "onnxruntime",
     precision: str = "fp16",
     intra_op_threads: int | None = None,
-    registry: Mapping[str, str | RecipeFactory] | None = None,
+    registry: Registry,
 ) -> ModelSpec:
     """A ModelSpec for a registered model: engines_dir/NAME.onnx, and its recipe's module for the torch runtime."""
-    registry = EXPORTABLE_MODELS if registry is None else registry
     if name not in registry:
         raise ConfigError(f"unknown model {name!r}: registered models are {', '.join(sorted(registry)) or 'none yet'}")
 

@@ -214,7 +214,7 @@ def select_backend(
         return _auto(model, hw, log, open_runner=False)
     # Named runtime: the best device it has here, never another runtime.
     options = ["tensorrt"] if requested == "tensorrt" else [f"{requested}-cuda", f"{requested}-cpu"]
-    problems = []
+    problems: list[tuple[str, _Unavailable]] = []
     for option in options:
         problem = _check(option, model, hw)
         if problem is None:

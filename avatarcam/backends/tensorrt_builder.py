@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from avatarcam.backends.base import shape_text
+from avatarcam.backends.hardware import TENSORRT_INSTALL_HINT
 from avatarcam.backends.sidecar import write_bytes_atomic
 from avatarcam.errors import EngineError
 
@@ -181,8 +182,6 @@ def build_engine(
     try:
         import tensorrt as trt
     except ImportError as exc:
-        from avatarcam.backends.engine_cache import TENSORRT_INSTALL_HINT
-
         raise EngineError(
             f"building {plan_path.name} needs TensorRT but it is not installed: {TENSORRT_INSTALL_HINT}"
         ) from exc

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from avatarcam.errors import ConfigError, ModelFileError
-from avatarcam.generators.fomm_model import (
+from avatarcam.generators.fomm.model import (
     DenseMotionParams,
     FommConfig,
     FommGenerator,

@@ -269,7 +269,7 @@ def _movement_scale(source: FommKeypointArrays, initial: FommKeypointArrays) -> 
     """FOMM's adapt_movement_scale (hull areas of the avatar's and the neutral's keypoints); 1 if undefined."""
     import torch
 
-    from avatarcam.generators.fomm_model import movement_scale
+    from avatarcam.generators.fomm.model import movement_scale
 
     try:
         return movement_scale(torch.from_numpy(source.value), torch.from_numpy(initial.value))
@@ -280,7 +280,7 @@ def _movement_scale(source: FommKeypointArrays, initial: FommKeypointArrays) -> 
 
 def normalized_match_keypoints(value: np.ndarray) -> np.ndarray:
     """(K, 2) keypoints centred and divided by sqrt(hull area), as Avatarify normalises landmarks for its F key."""
-    from avatarcam.generators.fomm_model import convex_hull_area
+    from avatarcam.generators.fomm.model import convex_hull_area
 
     points = np.asarray(value, np.float64).reshape(-1, 2)
     points = points - points.mean(0, keepdims=True)
@@ -453,7 +453,7 @@ class FommRuntime:
                  log_line: Callable[[str], None] = log.info) -> None:
         from avatarcam.backends.hardware import detect_hardware
         from avatarcam.backends.selection import ModelSpec, open_backend
-        from avatarcam.generators import fomm_export as fx
+        from avatarcam.generators.fomm import export as fx
 
         hardware = detect_hardware() if hardware is None else hardware
         ios = fx.model_io(models)
@@ -546,7 +546,7 @@ class FommReenactor:
 
     def __init__(self, *, settings: FommSettings, motion: MotionSettings | None = None, hardware: Any = None,
                  log_line: Callable[[str], None] = log.info) -> None:
-        from avatarcam.generators.fomm_export import load_fomm_models
+        from avatarcam.generators.fomm.export import load_fomm_models
 
         self.settings = settings
         self.canvas_size = settings.canvas_size

@@ -10,7 +10,7 @@ weight is exactly zero when nothing folds, so the graph is static and the result
 Conventions, chosen so that the cv2 path's numbers come out:
 - Canvas pixel coordinates have pixel centres at integers (cv2.remap). A canvas x is the grid_sample coordinate
   u = (2x + 1) / S - 1 with align_corners=False, which unnormalises to x on the (S, S) image and to
-  (x + 0.5) * G / S - 0.5 on the (G, G) grid: the very coordinates mesh.py hands cv2.remap, so one normalisation
+  (x + 0.5) * G / S - 0.5 on the (G, G) grid: the very coordinates model.py hands cv2.remap, so one normalisation
   serves both resolutions. padding_mode="border" clamps to the edge pixels = cv2.BORDER_REPLICATE for bilinear.
 - F.interpolate(bilinear, align_corners=False) has cv2.resize INTER_LINEAR's half-pixel centres and edge clamp.
 - Gaussian blurs are (G, G) matrices holding cv2.getGaussianKernel's taps with BORDER_REFLECT_101 folded in.
@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -48,7 +48,7 @@ from avatarcam.backends.hardware import HardwareFacts, detect_hardware
 from avatarcam.backends.models import ExportRecipe
 from avatarcam.backends.selection import BACKEND_CHOICES, ModelSpec, open_backend
 from avatarcam.errors import ConfigError, EngineError, ModelFileError
-from avatarcam.generators.mesh import FACE_CONTROL, FOLD_DET, UNFOLD_PASSES, MeshSettings, PreparedMesh
+from avatarcam.generators.mesh.model import FACE_CONTROL, FOLD_DET, UNFOLD_PASSES, MeshSettings, PreparedMesh
 from avatarcam.paths import ENGINES_DIR
 
 _LOG = logging.getLogger("avatarcam.generators")
@@ -61,7 +61,7 @@ NUM_CONTROL_POINTS = len(FACE_CONTROL) + 2 * len(lm.FACE_OVAL) + BORDER_POINTS
 INPUT_NAMES = ("image", "weights", "displacements")
 OUTPUT_NAMES = ("warped",)
 NEWTON_MIN_DET = 0.05
-"""Newton steps are taken only where the sampled Jacobian's determinant exceeds this (as in mesh.py)."""
+"""Newton steps are taken only where the sampled Jacobian's determinant exceeds this (as in model.py)."""
 UNFOLD_KERNEL = 9
 RESIDUAL_KERNEL = 7
 
@@ -212,7 +212,7 @@ class MeshWarp(torch.nn.Module):
             step_x = (a22 * rx - a12 * ry) * inv_det
             step_y = (a11 * ry - a21 * rx) * inv_det
             offset = offset - torch.where(ok, torch.cat([step_x, step_y], 1), 0.5 * residual)
-        # Where the forward map folds, Newton cannot converge: blend towards the blurred map there (as mesh.py).
+        # Where the forward map folds, Newton cannot converge: blend towards the blurred map there (as model.py).
         residual = offset + self._sample(field, self.coarse_grid, offset)
         limit = (0.5 * self.step_px) ** 2
         bad = (residual[:, 0:1] * residual[:, 0:1] + residual[:, 1:2] * residual[:, 1:2]) > limit
@@ -271,7 +271,7 @@ def export_recipe(*, settings: MeshSettings | None = None) -> ExportRecipe:
     io = model_io(settings=settings)
     return ExportRecipe(
         module=MeshWarp(settings=settings).eval(),
-        example_inputs={s.name: np.zeros(s.shape, np.float32) for s in io.inputs},
+        example_inputs={s.name: np.zeros(cast(tuple[int, ...], s.shape), np.float32) for s in io.inputs},
         output_names=OUTPUT_NAMES,
         make_inputs=lambda rng: random_inputs(rng, settings=settings),
         atol=1e-4 * 255.0,  # the image is in [0, 255]: 1e-4 of full scale
@@ -414,7 +414,8 @@ class MeshWarpRunner:
         return self
 
     def _ensure_exported(self, module: Any) -> str:
-        from avatarcam.backends.export import export_onnx, load_exported, source_hash, verify_onnx
+        from avatarcam.backends.export import export_onnx, load_exported, source_hash
+        from avatarcam.backends.verify import verify_onnx
 
         expected = source_hash(module)
         try:

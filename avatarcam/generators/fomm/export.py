@@ -7,7 +7,7 @@ The three share one naming scheme with `EXPORTABLE_MODELS` and the reenactor:
     fomm_frame_generator  source_image, source_features, kp_source_value, kp_source_jacobian,
                           kp_driving_value, kp_driving_jacobian   -> prediction (1, 3, H, W)
 
-Images are float32 RGB in [0, 1], NCHW; keypoints as in `fomm_model`. Shapes are static (batch 1, one image size),
+Images are float32 RGB in [0, 1], NCHW; keypoints as in `fomm.model`. Shapes are static (batch 1, one image size),
 so ONNX Runtime binds preallocated buffers and TensorRT builds one profile.
 
 Which checkpoint: the reenactor passes its own (`recipes_for`, `ensure_exported`) and keeps every checkpoint's files
@@ -111,7 +111,7 @@ def weights_key(kp_detector: Any, generator: Any) -> str:
 
 def load_fomm_models(checkpoint: Path | str, *, image_size: int | None = None) -> FommModels:
     """Load a checkpoint (config inferred from its shapes) and compute its cache key; ModelFileError if unusable."""
-    from avatarcam.generators.fomm_checkpoint import load_fomm_checkpoint
+    from avatarcam.generators.fomm.checkpoint import load_fomm_checkpoint
 
     checkpoint = Path(checkpoint).expanduser()
     kp_detector, generator = load_fomm_checkpoint(checkpoint)
@@ -177,7 +177,7 @@ def _random_keypoints(rng: np.random.Generator, num_kp: int) -> tuple[np.ndarray
 
 
 def _module_builders(models: FommModels) -> dict[str, Callable[[], Any]]:
-    from avatarcam.generators.fomm_model import FommFrameGenerator, FommSourceEncoder
+    from avatarcam.generators.fomm.model import FommFrameGenerator, FommSourceEncoder
 
     return {
         KP_DETECTOR: lambda: models.kp_detector,
@@ -258,7 +258,8 @@ def ensure_exported(
     log_line: Callable[[str], None] = log.info,
 ) -> dict[str, Path]:
     """name -> ONNX path in export_folder(); exports (and verifies against torch) what is missing or stale."""
-    from avatarcam.backends.export import export_onnx, verify_onnx
+    from avatarcam.backends.export import export_onnx
+    from avatarcam.backends.verify import verify_onnx
 
     folder = export_folder(models, engines_dir=engines_dir)
     recipes = recipes_for(models)

@@ -82,7 +82,7 @@ class MeshGenerator:
 
     def __init__(self, settings: MeshSettings | None = None, *, warp_runner=None):
         self.settings = settings or MeshSettings()
-        # An open MeshWarpRunner (mesh_torch.py) runs the warp on a GPU runtime; None keeps the numpy/cv2 path,
+        # An open MeshWarpRunner (torch_warp.py) runs the warp on a GPU runtime; None keeps the numpy/cv2 path,
         # which is the fastest on CPU (tools/bench_backends.py).
         self.warp_runner = warp_runner
         size, grid = self.settings.canvas_size, self.settings.grid_size
@@ -138,7 +138,8 @@ class MeshGenerator:
         weights = (basis @ inverse).astype(np.float32)
         return PreparedMesh(
             image_bgr=np.ascontiguousarray(image_bgr), face=face, weights=weights, rings=rings3,
-            ring_motion=ring_motion, jaw_follow=jaw_follow.astype(np.float32), num_border=len(border), grid_px=self._grid_px,
+            ring_motion=ring_motion, jaw_follow=jaw_follow.astype(np.float32), num_border=len(border),
+            grid_px=self._grid_px,
             mouth_palette=_mouth_colour(image_bgr, pts), rest_mouth_gap=mouth_openness(pts),
         )
 
@@ -170,7 +171,10 @@ class MeshGenerator:
         for _ in range(self.settings.newton_steps):
             gx = (x + 0.5) * to_grid - 0.5
             gy = (y + 0.5) * to_grid - 0.5
-            sample = lambda a: cv2.remap(a, gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+            def sample(a: np.ndarray, gx: np.ndarray = gx, gy: np.ndarray = gy) -> np.ndarray:
+                return cv2.remap(a, gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
             rx = x + sample(fx) - target_x
             ry = y + sample(fy) - target_y
             a11 = 1.0 + sample(dfx_dx)
