@@ -1,4 +1,4 @@
-"""TensorRT 10/11 runner: named I/O tensors, set_input_shape, set_tensor_address, execute_async_v3 on torch.cuda streams.
+"""TensorRT 10/11 runner: named I/O tensors, set_input_shape, set_tensor_address, execute_async_v3 on CUDA streams.
 
 Device memory, pinned host memory, streams and events come from torch.cuda through StagingBuffers, so one
 allocator serves every GPU runtime in the process.
