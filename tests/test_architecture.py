@@ -157,3 +157,36 @@ def test_the_circle_finder_sees_lazy_importlib_and_registry_imports(tmp_path):
     modules = {f"avatarcam.{p.stem}": p for p in package.glob("*.py")}
     assert sorted(import_circles(modules)) == [["avatarcam.a", "avatarcam.b"], ["avatarcam.c", "avatarcam.d"],
                                               ["avatarcam.e", "avatarcam.f"]]
+
+
+def _top_level_names(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def test_every_import_of_the_package_names_something_that_exists():
+    """A moved module leaves no stale import behind in the package, the tools or the tests, lazy ones included
+    (a function-level import of a module that is gone only fails when that function runs)."""
+    stale = []
+    for path in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "tools").glob("*.py"), *(ROOT / "tests").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                stale += [f"{path.name}: import {a.name}" for a in node.names
+                          if a.name.startswith("avatarcam") and a.name not in MODULES]
+            elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("avatarcam"):
+                module = node.module or ""
+                if module not in MODULES:
+                    stale.append(f"{path.name}: from {module} import ...")
+                    continue
+                defined = _top_level_names(MODULES[module])
+                stale += [f"{path.name}: from {module} import {a.name}" for a in node.names
+                          if f"{module}.{a.name}" not in MODULES and a.name not in defined and a.name != "*"]
+    assert not stale, "imports of modules or names that do not exist:\n" + "\n".join(stale)

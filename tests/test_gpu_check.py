@@ -135,7 +135,7 @@ def test_import_closure_of_every_section_leaves_out_the_absent_packages(tmp_path
         import runpy, sys
         tool = runpy.run_path({str(TOOL)!r})
         import avatarcam.avatars, avatarcam.backends.buffers, avatarcam.backends.hardware
-        import avatarcam.generators.fomm, avatarcam.generators.fomm_export, avatarcam.generators.mesh_torch
+        import avatarcam.generators.fomm.reenactor, avatarcam.generators.fomm.export, avatarcam.generators.mesh.torch_warp
         tool["_load_bench_fomm"]()
         tool["device_facts"]()
         print(sorted(m for m in {tuple(BLOCKED)!r} if sys.modules.get(m) is not None))

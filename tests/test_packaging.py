@@ -38,8 +38,15 @@ def test_the_facemimic_command_is_run_py():
     assert ("avatarcam.cli", "main") in imported
 
 
+# gpu_check.py runs on a borrowed GPU machine where the tree is copied but nothing is pip-installed (no network,
+# no build step), so it alone puts the checkout on sys.path.
+RUNS_UNINSTALLED = {"gpu_check.py"}
+
+
 def test_tools_import_the_installed_package_and_the_installer_imports_none_of_it():
     for path in sorted((ROOT / "tools").glob("*.py")):
+        if path.name in RUNS_UNINSTALLED:
+            continue
         text = path.read_text()
         assert "sys.path" not in text, f"{path.name} edits sys.path: import the installed package instead"
     installer = ast.parse((ROOT / "tools" / "install.py").read_text())

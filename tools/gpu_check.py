@@ -13,7 +13,7 @@ Sections, each in its own process with its own time cap (a failure or timeout is
 - staging: avatarcam/backends/buffers.py StagingBuffers on CUDA streams: CUDA event timestamps of every frame show
   whether frame N+1's upload overlaps frame N's compute (overlap fraction), and torch.cuda.memory_stats allocation
   counts plus StagingBuffers.allocations show whether anything is allocated per frame.
-- mesh_warp: the mesh warp graph (avatarcam/generators/mesh_torch.py MeshWarp) on CUDA at canvas 512 and 1024:
+- mesh_warp: the mesh warp graph (avatarcam/generators/mesh/torch_warp.py MeshWarp) on CUDA at canvas 512 and 1024:
   ms (p50, p95) and parity against the same module on the CPU, in grey levels.
 - gpu_tests: the `gpu`-marked tests (pytest as a subprocess, if pytest is installed); those needing TensorRT skip.
 
@@ -43,7 +43,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tools/ run as scripts; the package lives one level up
+    sys.path.insert(0, str(ROOT))  # runs from a copied tree on the GPU machine, where nothing is pip-installed
 
 import numpy as np  # noqa: E402
 
@@ -208,7 +208,7 @@ def check_fomm(ctx: Context) -> dict[str, Any]:
     """FOMM per model (fp32 and fp16 autocast) and the end-to-end render."""
     import torch
 
-    from avatarcam.generators import fomm_export as fx
+    from avatarcam.generators.fomm import export as fx
 
     if ctx.tiny:
         checkpoint, canvas, warmup, iterations, e2e_frames = fx.SMOKE_CHECKPOINT, 128, 1, 2, 2
@@ -263,7 +263,7 @@ def _fomm_end_to_end(ctx: Context, checkpoint: Path, canvas: int, count: int) ->
 
     from avatarcam.avatars import Avatar
     from avatarcam.backends.hardware import detect_hardware
-    from avatarcam.generators.fomm import FommReenactor, FommSettings
+    from avatarcam.generators.fomm.reenactor import FommReenactor, FommSettings
     from avatarcam.types import FaceObservation, Frame, Observed
 
     image = cv2.imread(str(ROOT / "avatars" / "astronaut.png"), cv2.IMREAD_COLOR)
@@ -455,8 +455,8 @@ def check_mesh_warp(ctx: Context) -> dict[str, Any]:
     """The mesh warp graph on the device at two canvas sizes, against the same module on the CPU."""
     import torch
 
-    from avatarcam.generators.mesh import MeshSettings
-    from avatarcam.generators.mesh_torch import MeshWarp, random_inputs
+    from avatarcam.generators.mesh.model import MeshSettings
+    from avatarcam.generators.mesh.torch_warp import MeshWarp, random_inputs
 
     sizes = ((128, 32), (256, 64)) if ctx.tiny else ((512, 128), (1024, 128))
     result: dict[str, Any] = {"sizes": {}}
