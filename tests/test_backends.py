@@ -35,6 +35,7 @@ from avatarcam.backends import (
 from avatarcam.backends.export import onnxruntime_max_ir_version
 from avatarcam.backends.sidecar import sha256_file, sidecar_path, write_sidecar
 from avatarcam.errors import ConfigError, EngineError, ModelFileError
+from tests.tolerances import BACKEND_ONNX_BOUND, BACKEND_TORCH_BOUND
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -110,7 +111,8 @@ RUNTIME_PARAMS = [
     pytest.param("torch", id="torch"),
     pytest.param("tensorrt", id="tensorrt", marks=[pytest.mark.gpu, requires_tensorrt]),
 ]
-TOLERANCE = {"onnxruntime": 1e-4, "torch": 1e-6, "tensorrt": 1e-2}  # TensorRT fp32 may use TF32 kernels
+# Measured noise and headroom: tests/tolerances.py. TensorRT fp32 may use TF32 kernels (not measured: no GPU).
+TOLERANCE = {"onnxruntime": BACKEND_ONNX_BOUND, "torch": BACKEND_TORCH_BOUND, "tensorrt": 1e-2}
 
 
 def make_runner(runtime: str, exported, module: TinyWarp, tmp_path: Path):
@@ -149,6 +151,24 @@ def test_runner_contract(runtime: str, exported, module: TinyWarp, tmp_path: Pat
     runner.close()  # idempotent
     with pytest.raises(EngineError, match="not open"):
         runner.run(inputs)
+
+
+@pytest.mark.parametrize("defect", ["weights_1pct_off", "grid_shifted_one_pixel"])
+def test_a_wrong_answer_fails_the_contract_bounds_by_a_wide_margin(exported, module: TinyWarp, defect: str) -> None:
+    """The contract's bounds are far below the error of a wrong module or input (measured error / bound: 1 % off
+    flow weights 380x the ONNX Runtime bound, a one-pixel grid shift 17000x; the right module 0.07x)."""
+    inputs = random_inputs(np.random.default_rng(1))
+    with OnnxRuntimeRunner(onnx_path=exported.onnx_path, intra_op_threads=1) as runner:
+        got = runner.run(inputs)["warped"].copy()
+    if defect == "weights_1pct_off":
+        wrong = make_module()
+        with torch.no_grad():
+            wrong.flow.weight.mul_(1.01)
+        want = torch_reference(wrong, inputs)["warped"]
+    else:
+        want = torch_reference(module, {**inputs, "grid": inputs["grid"] + np.float32(2 / SIZE)})["warped"]
+    ratio = float(np.abs(got - want).max()) / TOLERANCE["onnxruntime"]
+    assert ratio >= {"weights_1pct_off": 100, "grid_shifted_one_pixel": 1000}[defect], f"{defect}: only {ratio:.0f}x"
 
 
 # ---------------------------------------------------------------- input validation (before anything runs)
