@@ -233,7 +233,9 @@ def test_torch_coarse_maps_match_backward_maps(module, generator, prepared):
         maps = module.backward_maps(
             torch.from_numpy(prepared.weights), torch.from_numpy(generator.control_displacements(prepared, driven))
         )[0].numpy()
-    assert np.abs(maps[0] - map_x).max() < 1e-3 and np.abs(maps[1] - map_y).max() < 1e-3
+    # Pixel coordinates up to 512 in float32 (1 ulp = 6e-5 px): measured 1.2-1.8e-4 px apart (torch vs numpy's BLAS,
+    # 1 or 2 threads, oneDNN on/off), 11x below this; a half-pixel convention error would be 250x.
+    assert np.abs(maps[0] - map_x).max() < 2e-3 and np.abs(maps[1] - map_y).max() < 2e-3
 
 
 # ---------------------------------------------------------------- (c) the backends layer
