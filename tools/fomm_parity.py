@@ -34,7 +34,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "fomm"
 # fp32 bounds set from measured noise with at least 10x headroom (tests/tolerances.py has the measurements and
 # `python tools/measure_float_noise.py` remeasures them). Max-abs, per unit of magnitude: a bound is multiplied by
 # max(1, max |reference|). The movement scale's is relative; the *_MEAN_* bound is on mean |diff|.
-KP_BOUND, SCALE_REL_BOUND, MAP_BOUND, PREDICTION_BOUND = 3e-4, 1e-5, 2e-4, 4e-3
+KP_BOUND, SCALE_REL_BOUND, MAP_BOUND, PREDICTION_BOUND = 3e-4, 2e-5, 2e-4, 4e-3
 PREDICTION_MEAN_BOUND = 1e-4
 KEYPOINT_ARRAYS = {
     "kp_source_value": KP_BOUND, "kp_source_jacobian": KP_BOUND,

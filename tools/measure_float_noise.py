@@ -5,14 +5,16 @@
 
 Why: a parity bound must sit well above the noise of legitimate fp32 variations (other CPUs take other SIMD paths
 in oneDNN, in reductions and in ONNX Runtime's kernels) and far below the error of a wrong answer. This machine
-cannot be another CPU, but it can vary what another machine varies: the thread count (how reductions are split),
+cannot be another CPU, but it can vary what another machine varies: the SIMD instruction set torch's kernels and
+oneDNN use (capped by environment variables), the thread count (how reductions are split),
 oneDNN on or off (another convolution implementation), torch's deterministic algorithms, the input memory layout
 (FOMM's own demo hands its convolutions channels-last tensors), and ONNX Runtime's thread count and graph
 optimisation level (fused or unfused kernels). Rerun this script on any machine to see its own noise.
 
 What runs, each configuration in its own process (thread pools and oneDNN settle at first use):
 - torch configurations: threads 1/2/4 x oneDNN on/off x deterministic off/on, plus channels-last inputs at 2 threads
-  with oneDNN on and off. Each runs the FOMM port on the parity fixture (tests/fixtures/fomm, both align_corners
+  with oneDNN on and off, plus other SIMD paths (ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA capped at AVX2 and at
+  SSE4.1) x oneDNN on/off x channels-last off/on. Each runs the FOMM port on the parity fixture (tests/fixtures/fomm, both align_corners
   variants, the per-frame sequence of FOMM's demo and a batch of 4 frames), the three FOMM export modules, the mesh
   warp (MeshWarp) and the backends contract's conv + grid_sample module on fixed feeds.
 - ONNX Runtime configurations: intra-op threads 1/2/4 x graph optimisation disabled/basic/all, on the same feeds
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -42,9 +45,20 @@ ROOT = Path(__file__).resolve().parents[1]
 FOMM_FIXTURES = ROOT / "tests" / "fixtures" / "fomm"
 PORTRAIT = ROOT / "tests" / "fixtures" / "source" / "lp_s42.jpg"
 TORCH_CONFIGS = [
-    {"threads": t, "mkldnn": m, "deterministic": d, "channels_last": False}
+    {"threads": t, "mkldnn": m, "deterministic": d, "channels_last": False, "isa": "native"}
     for t, m, d in itertools.product((1, 2, 4), (True, False), (False, True))
-] + [{"threads": 2, "mkldnn": m, "deterministic": False, "channels_last": True} for m in (True, False)]
+] + [{"threads": 2, "mkldnn": m, "deterministic": False, "channels_last": True, "isa": "native"} for m in (True, False)]
+# Other CPUs' SIMD paths, emulated: ATen's kernel dispatch and oneDNN's code generation capped at AVX2 or at SSE4.1
+# (a CPU without AVX-512, or a very old one). AVX2 reproduces the other machine's keypoint errors to 3 digits.
+ISA_ENVIRONMENT = {
+    "native": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "sse41": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+}
+TORCH_CONFIGS += [
+    {"threads": 2, "mkldnn": m, "deterministic": False, "channels_last": c, "isa": isa}
+    for isa, m, c in itertools.product(("avx2", "sse41"), (True, False), (False, True))
+]
 ORT_CONFIGS = [{"threads": t, "optimization": o} for t, o in itertools.product((1, 2, 4), ("disable", "basic", "all"))]
 MESH_POSES = {  # (shift_px, scale, yaw_deg, mouth drop px): the poses tests/test_mesh_torch.py warps
     "turned": ((14.0, -9.0), 1.0, 12.0, 0.0),
@@ -404,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not out.is_file():
                     command = [sys.executable, __file__, "--worker", kind, "--config", json.dumps(config),
                                "--paths", json.dumps(paths), "--out", str(out)]
-                    subprocess.run(command, check=True, cwd=ROOT)
+                    environment = {**os.environ, **ISA_ENVIRONMENT[config.get("isa", "native")]}
+                    subprocess.run(command, check=True, cwd=ROOT, env=environment)
                     print(f"ran {kind} {config}", file=sys.stderr)
                 with np.load(out) as data:
                     runs[kind].append({name: data[name] for name in data.files})
