@@ -28,7 +28,6 @@ from avatarcam.generators.fomm_model import (
     normalize_kp,
     relative_keypoints,
 )
-
 from tests.tolerances import (
     FOMM_KP_BOUND,
     FOMM_MAP_BOUND,
