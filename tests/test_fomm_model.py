@@ -219,7 +219,7 @@ def test_a_wrong_model_fails_the_parity_bounds_by_a_wide_margin(tiny_config, par
     """Plausible bugs land far outside the bounds the parity tests use, while the correct port is inside them.
 
     Measured error / bound: heatmap weights 1 % off 23x (keypoints), last generator batch-norm variance 5 % off
-    14x (mean |diff| of predictions; 1 % off is 3x), driving frame one pixel off 1000x, two keypoints swapped 100x+.
+    15x (mean |diff| of predictions; 1 % off is 3x), driving frame one pixel off 1000x, two keypoints swapped 190x.
     """
     make_defect, name, bound, on_mean, margin = DEFECTS[defect]
     kp_detector, generator = load_fomm_checkpoint(FIXTURES / "tiny-checkpoint.pth.tar", tiny_config)
