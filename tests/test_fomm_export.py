@@ -21,13 +21,14 @@ from avatarcam.generators.fomm.reenactor import FommReenactor, FommSettings
 from avatarcam.motion import MotionSettings
 from avatarcam.types import Frame, Observed
 from tests.conftest import D12, ROOT
+from tests.tolerances import FOMM_KP_BOUND, FOMM_ONNX_BOUND, FOMM_PREDICTION_BOUND, max_abs, scaled
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FIXTURES = ROOT / "tests" / "fixtures" / "fomm"
 TINY = FIXTURES / "tiny-checkpoint.pth.tar"
-ONNX_BOUND = 1e-4  # fp32 ONNX Runtime CPU vs torch, per output, max abs
-PREDICTION_BOUND = 5e-4  # the fixture README's bound for an fp32 port's predictions
+ONNX_BOUND = FOMM_ONNX_BOUND  # fp32 ONNX Runtime CPU vs torch, per output, max abs (tests/tolerances.py)
+PREDICTION_BOUND = FOMM_PREDICTION_BOUND  # an fp32 port's predictions vs the original code
 CPU_ONLY = HardwareFacts(onnxruntime_providers=("CPUExecutionProvider",), torch_available=True)
 
 
@@ -79,6 +80,30 @@ def test_every_graph_matches_torch_on_random_and_real_inputs(models, engines, pa
     assert max(worst.values()) <= ONNX_BOUND, worst
 
 
+def test_a_wrong_export_fails_the_onnx_bound_by_a_wide_margin(models, engines, parity, tmp_path):
+    """A graph exported from weights 2 % off (one conv of each model) fails verify_onnx's bound against the
+    correct module by at least 10x (measured: keypoints 19x, features 622x, predictions 253x)."""
+    from avatarcam.backends.export import export_onnx
+
+    recipes = fx.recipes_for(models)
+    real = real_inputs(models, parity)
+    wrong_layer = {fx.KP_DETECTOR: "kp.weight", fx.SOURCE_ENCODER: "generator.first.conv.weight",
+                   fx.FRAME_GENERATOR: "generator.dense_motion_network.mask.weight"}
+    for name in fx.MODEL_NAMES:
+        module = copy.deepcopy(recipes[name].module)
+        with torch.no_grad():
+            module.get_parameter(wrong_layer[name]).mul_(1.02)
+        wrong = export_onnx(module, recipes[name].example_inputs, tmp_path / f"{name}.onnx",
+                            input_names=recipes[name].input_names, output_names=recipes[name].output_names)
+        feed = real[name][-1]
+        right = load_exported(fx.export_folder(models, engines_dir=engines) / f"{name}.onnx")
+        assert max(verify_onnx(right, recipes[name].module, feed, atol=ONNX_BOUND).values()) <= ONNX_BOUND
+        with pytest.raises(EngineError, match="differs from torch"):
+            verify_onnx(wrong, recipes[name].module, feed, atol=ONNX_BOUND)
+        errors = verify_onnx(wrong, recipes[name].module, feed, atol=float("inf"))
+        assert max(errors.values()) >= 10 * ONNX_BOUND, (name, errors)
+
+
 def test_onnxruntime_reproduces_the_original_code_on_the_fixture(models, engines, parity):
     from avatarcam.backends import OnnxRuntimeRunner
 
@@ -87,12 +112,12 @@ def test_onnxruntime_reproduces_the_original_code_on_the_fixture(models, engines
     with OnnxRuntimeRunner(onnx_path=folder / f"{fx.KP_DETECTOR}.onnx") as kp_runner:
         # Copies: runner outputs are staging buffers reused two calls later.
         values = np.concatenate([np.array(kp_runner.run(feed)["kp_value"]) for feed in real[fx.KP_DETECTOR][1:]])
-    # ONNX Runtime's kernels are not oneDNN's: keypoints land 1.4e-5 from the original here, inside the ONNX bound.
-    assert float(np.abs(values - parity["kp_driving_value"]).max()) <= ONNX_BOUND
+    # ONNX Runtime's kernels are not oneDNN's: its keypoints carry both runtimes' noise, inside the parity bound.
+    assert max_abs(values, parity["kp_driving_value"]) <= scaled(FOMM_KP_BOUND, parity["kp_driving_value"])
     with OnnxRuntimeRunner(onnx_path=folder / f"{fx.FRAME_GENERATOR}.onnx") as generator:
         predictions = np.concatenate([np.array(generator.run(feed)["prediction"])
                                       for feed in real[fx.FRAME_GENERATOR]])
-    assert float(np.abs(predictions - parity["prediction_relative"]).max()) <= 5e-4
+    assert float(np.abs(predictions - parity["prediction_relative"]).max()) <= PREDICTION_BOUND
 
 
 def test_exports_are_reused_per_checkpoint_and_redone_when_stale(models, tmp_path):
@@ -245,9 +270,10 @@ def test_torch_and_onnxruntime_agree_on_the_cropped_live_path(engines, portrait_
         assert float(np.abs(a.value - b.value).max()) <= ONNX_BOUND
         assert float(np.abs(a.jacobian - b.jacobian).max()) <= ONNX_BOUND
     # The tiny model's random jacobians are near-singular on this clip (determinants through zero), and the
-    # generator inverts them, so 1e-6 keypoint differences can move a few pixels by a level or two.
+    # generator inverts them, so 1e-6 keypoint differences can move a few pixels by a level or two. Measured with
+    # torch oneDNN on/off and deterministic algorithms: max 1 level, mean 0.008-0.011 levels.
     difference = np.abs(torch_frames.astype(int) - ort_frames)
-    assert difference.max() <= 3 and difference.mean() <= 0.1
+    assert difference.max() <= 3 and difference.mean() <= 0.15
 
 
 def _tensorrt_or_skip() -> HardwareFacts:

@@ -138,6 +138,7 @@ def test_relative_motion_is_fomms_normalize_kp_at_intensity_one(parity):
     scale = float(parity["adapt_movement_scale"][0])
     for i in range(4):
         got = relative_motion(source, keypoints(parity, "kp_driving", slice(i, i + 1)), initial, scale=scale)
+        # Elementwise float32 arithmetic on the same inputs as the original: measured 0 (values), 2.4e-7 (jacobians).
         assert float(np.abs(got.value - parity["kp_norm_value"][i]).max()) <= 1e-5
         assert float(np.abs(got.jacobian - parity["kp_norm_jacobian"][i]).max()) <= 1e-5
     driving = keypoints(parity, "kp_driving", slice(2, 3))

@@ -18,14 +18,15 @@ from avatarcam.generators.fomm.reenactor import FommReenactor, FommSettings, cro
 from avatarcam.motion import MotionSettings
 from avatarcam.offline import render_video
 from tests.conftest import D12, ROOT
+from tests.tolerances import FOMM_KP_BOUND, FOMM_PREDICTION_BOUND, scaled
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FIXTURES = ROOT / "tests" / "fixtures" / "fomm"
 TINY = FIXTURES / "tiny-checkpoint.pth.tar"
-# The fixture README's bound for an fp32 port's predictions, in [0, 1]; uint8 output adds its rounding.
-PREDICTION_BOUND = 5e-4
-UINT8_BOUND = 1 / 255 + PREDICTION_BOUND
+# An fp32 port's predictions, in [0, 1] (tests/tolerances.py); uint8 output adds at most half a level of rounding.
+PREDICTION_BOUND = FOMM_PREDICTION_BOUND
+UINT8_BOUND = 0.5 / 255 + PREDICTION_BOUND
 
 
 def to_bgr(chw: np.ndarray) -> np.ndarray:
@@ -99,7 +100,8 @@ def test_cli_no_crop_render_is_the_original_relative_animation(parity, fixture_f
         reference = resized_reference(want, 256)
         error = float(np.abs(frame / 255.0 - reference).max())
         assert error <= UINT8_BOUND, f"frame {i}: max |diff| {error:.3g} > {UINT8_BOUND:.3g}"
-        # Not vacuous: the absolute-mode animation (what a wrong neutral gives) is far outside the bound.
+        # Not vacuous: the absolute-mode animation (what a wrong neutral gives) is far outside the bound
+        # (measured 0.67-0.79 against a bound of 0.0059, at least 113x; the error itself is 0.0020, nearly all rounding).
         wrong = float(np.abs(frame / 255.0 - resized_reference(parity["prediction_absolute"][i], 256)).max())
         assert wrong > 100 * UINT8_BOUND
 
@@ -186,8 +188,9 @@ def test_crop_render_follows_the_face_through_mediapipe(tiny_torch, portrait_ava
     assert np.abs(rendered[19][inside].astype(int) - rendered[0][inside]).mean() > 1.0
     # Frame 0 is the neutral (same crop, same keypoints): FOMM is driven to the avatar's own keypoints.
     first = reenactor.kp_norms[0]
-    assert float(np.abs(first.value - prepared.kp.value).max()) <= 1e-5
-    assert float(np.abs(first.jacobian - prepared.kp.jacobian).max()) <= 1e-5
+    # Only FOMM's relative arithmetic separates them (J J^-1 of near-singular tiny-model jacobians: measured 1e-6).
+    assert float(np.abs(first.value - prepared.kp.value).max()) <= scaled(FOMM_KP_BOUND, prepared.kp.value)
+    assert float(np.abs(first.jacobian - prepared.kp.jacobian).max()) <= scaled(FOMM_KP_BOUND, prepared.kp.jacobian)
     expected = tiny_torch.runners.generate(prepared, prepared.kp)
     assert float(np.abs(reenactor.predictions[0] - expected).max()) <= PREDICTION_BOUND
 
