@@ -22,7 +22,9 @@ from avatarcam.types import Frame
 
 log = logging.getLogger(__name__)
 
-MAX_RETRY_S = 10.0
+# Reopening is retried with backoff up to this interval: short, so a camera that comes back is used within
+# about a second (an attempt on an absent device costs next to nothing).
+MAX_RETRY_S = 1.0
 # Network sources: give up opening after this long, and treat a read that waits longer as a stalled stream
 # (OpenCV's FFmpeg defaults are 30 s each, which froze the avatar mid-blink without a word).
 URL_OPEN_TIMEOUT_MS = 5000

@@ -507,6 +507,9 @@ class VirtualCameraSink:
             )
         if requested == "v4l2loopback" and device is None:
             device = find_loopback_device(label=self._label, sysfs_root=self._sysfs_root)
+        elif requested == "v4l2loopback" and not device.startswith("/dev/"):
+            # A name such as "FaceMimic Camera" is a v4l2loopback card label: look up its /dev/videoN.
+            device = find_loopback_device(label=device, sysfs_root=self._sysfs_root)
         elif requested == "unitycapture" and device is None:
             device = self._label
         return [(requested, device)]
