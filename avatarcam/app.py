@@ -13,18 +13,20 @@ import cv2
 import numpy as np
 
 from avatarcam import landmarks as lm
-from avatarcam.capture import CaptureThread, SourceSpec, probe_camera
+from avatarcam.capture import CaptureThread, SourceSpec, camera_device_exists, first_frame, probe_camera
 from avatarcam.commands import Command
 from avatarcam.config import Config
 from avatarcam.errors import AvatarError, ConfigError, DeviceError, FaceMimicError
 from avatarcam.landmarks import FaceLandmarker
 from avatarcam.motion import Calibrator, MotionSettings
 from avatarcam.paths import PROJECT_ROOT, SAMPLES_DIR
-from avatarcam.pipeline import AvatarStore, LandmarkWorker, Rendered, RenderWorker
+from avatarcam.pipeline import AvatarStore, LandmarkWorker, Rendered, RenderWorker, pipeline_drained
 
 log = logging.getLogger(__name__)
 
 SAMPLE_DRIVER = SAMPLES_DIR / "driver.mp4"
+DEMO_BANNER = "DEMO: sample clip drives the avatar (no webcam)"
+NOTICE_S = 2.0
 
 
 def project_path(value: str | None) -> Path | None:
@@ -178,6 +180,18 @@ class App:
         self.capture: CaptureThread | None = None
         self.notes: list[str] = []
         self.inbox = None
+        self.is_sample = False
+        self.show_help = False
+        self._notice: tuple[str, float] = ("", 0.0)
+
+    def notify(self, text: str) -> None:
+        """A short message on the preview for a couple of seconds (any thread)."""
+        self._notice = (text, time.perf_counter())
+
+    def notice(self) -> str:
+        """The current on-screen notice, "" once it has expired."""
+        text, since = self._notice
+        return text if text and time.perf_counter() - since < NOTICE_S else ""
 
     # -- commands from hotkeys and the preview window (any thread)
 
@@ -190,10 +204,15 @@ class App:
             self.show_overlay = not self.show_overlay
         elif command is Command.STATS:
             self.show_stats = not self.show_stats
+        elif command is Command.HELP:
+            self.show_help = not self.show_help
         elif command is Command.RELOAD_AVATARS and self.store is not None:
             self.store.reload()
+            self.notify("reloading avatars...")
         elif command is Command.SNAPSHOT:
-            self.snapshot()
+            files = self.snapshot()
+            self.notify(f"snapshot saved: {files[-1].parent.name}/{files[-1].name}" if files
+                        else "snapshot: nothing rendered yet")
         elif command is Command.BEST_MATCH_AVATAR:
             self._best_match()
         elif self.render_worker is not None:
@@ -203,6 +222,7 @@ class App:
         worker, last = self.render_worker, self._last
         if worker is None or last is None or last.face is None or self.store is None:
             log.info("best match needs a face in view")
+            self.notify("best match needs a face in view")
             return
         from avatarcam.matching import best_matching_avatar
         from avatarcam.types import Observed
@@ -214,6 +234,7 @@ class App:
         else:
             index = best_matching_avatar(last.face, [a for a, _ in entries])
         log.info("best match: %s", entries[index][0].name if index is not None else "none")
+        self.notify(f"best match: {entries[index][0].name if index is not None else 'none'}")
         if index is not None and index < 9:
             worker.submit(list(Command)[index])
 
@@ -240,18 +261,30 @@ class App:
 
     # -- the run
 
-    def _source(self) -> tuple[SourceSpec, bool]:
-        """The capture source, falling back to the bundled sample clip when no webcam can be opened."""
+    def _source(self, *, vcam_live: bool = False) -> tuple[SourceSpec, bool]:
+        """The capture source, and whether it is the bundled sample clip standing in for a missing webcam.
+
+        Only the untouched default camera may fall back, and only when no webcam exists at all: a busy webcam, a
+        camera the user named, or a live virtual camera (a call may be watching) means waiting for the camera with
+        the avatar at rest instead, so the avatar never lip-syncs to a recording in a call.
+        """
         spec = SourceSpec.parse(self.config.capture.source)
-        if spec.kind == "camera" and self.source_explicit:
-            # A camera the user named is waited for (opened with backoff), never swapped for the sample.
+        if spec.kind != "camera" or self.source_explicit or probe_camera(spec.target):
             return spec, False
-        if spec.kind == "camera" and not probe_camera(spec.target):
+        name = spec.describe()
+        if vcam_live:
+            reason = "the virtual camera is on, so the sample clip is not used"
+        elif camera_device_exists(spec.target):
+            reason = "it exists but is busy (another app may be using it)"
+        else:
             message = (f"No webcam could be opened at index {spec.target}; driving the avatar from the sample clip "
                        f"{SAMPLE_DRIVER.relative_to(PROJECT_ROOT)} instead (choose a camera or video with --source)")
             log.warning("%s", message)
             self.notes.append(message)
             return SourceSpec("file", str(SAMPLE_DRIVER)), True
+        message = f"{name} is not available ({reason}): waiting for it, with the avatar at rest"
+        log.warning("%s", message)
+        self.notes.append(message)
         return spec, False
 
     def run(self) -> RunSummary:
@@ -264,9 +297,17 @@ class App:
         global_bindings = parse_global_bindings(config.hotkeys.global_keys)
         preview_bindings = parse_preview_bindings(config.hotkeys.preview_keys)
         reenactor = build_reenactor(config)
-        spec, is_sample = self._source()
         want_preview = config.output.preview == "on" or (config.output.preview == "auto" and has_display())
+        spec = SourceSpec.parse(config.capture.source)
+        if spec.kind == "file":
+            first_frame(str(spec.target))  # a file that opens but decodes nothing: an error before any output opens
         outputs = self._open_outputs(reenactor.canvas_size, want_preview, spec)
+        try:
+            spec, self.is_sample = self._source(vcam_live="vcam" in outputs["names"])
+        except FaceMimicError:
+            for sink in outputs["sinks"]:
+                sink.close()
+            raise
 
         def make_landmarker() -> FaceLandmarker:
             return FaceLandmarker(model_path=model_path, mode="image")
@@ -294,7 +335,9 @@ class App:
         def on_intensity(step: float) -> None:
             settings = reenactor.motion.settings.with_intensity_step(step)
             reenactor.motion.update_settings(settings)
-            log.info("expression intensity: %s", ", ".join(f"{k} {v:.1f}" for k, v in settings.intensity.items()))
+            text = ", ".join(f"{k} {v:.1f}" for k, v in settings.intensity.items())
+            log.info("expression intensity: %s", text)
+            self.notify(f"intensity: {text}")
 
         worker = RenderWorker(landmark_worker.observed, reenactor, store,
                               # A recorded driver cannot be asked to close its mouth: files calibrate on the
@@ -306,10 +349,14 @@ class App:
         self.render_worker = worker
 
         publishers = []
-        first_frame = first_avatar.canvas_bgr
+        first_frame_canvas = first_avatar.canvas_bgr
         for publisher_factory in outputs["publishers"]:
-            publishers.append(publisher_factory(first_frame))
+            publishers.append(publisher_factory(first_frame_canvas))
         preview = PreviewWindow(bindings=preview_bindings) if want_preview else None
+        from avatarcam.preview import help_lines
+
+        hints = help_lines(preview_bindings)
+        rendered_fps = RateMeter()
         # Global combos and preview keys meet in one inbox, which drops the copy a focused preview also sees.
         inbox = CommandInbox()
         self.inbox = inbox
@@ -326,29 +373,41 @@ class App:
             publisher.start()
         workers = [landmark_worker, worker]
         last_seq = 0
+        shown_note = None
         try:
             while not self.stop_event.is_set():
                 seq, rendered = worker.rendered.get(last_seq, timeout_s=0.05)
                 if rendered is not None and seq != last_seq:
                     last_seq = seq
                     self._last = rendered
+                    rendered_fps.tick(rendered.done_time_s)
                     for composer, publisher in zip(outputs["composers"], publishers):
                         publisher.submit(composer.compose(rendered.canvas_bgr))
                     if self._on_rendered is not None:
                         self._on_rendered(rendered)
-                if preview is not None and self._last is not None:
+                if preview is not None:
+                    # Until the first render (a camera still being waited for) the avatar shows at rest.
                     shown = self._last
+                    fps = publishers[0].measured_fps if publishers else rendered_fps.rate()
+                    notes = [n for n, on in (("PASSTHROUGH", worker.passthrough), ("FROZEN", worker.frozen),
+                                             ("no face", shown is not None and shown.face is None)) if on]
+                    notes += [n for n in (capture.health(), store.preparing()) if n]
                     status = PreviewStatus(
-                        avatar=shown.avatar_name, calibration=shown.calibration,
-                        fps=publishers[0].measured_fps if publishers and self.show_stats else None,
-                        latency_ms=shown.latency_ms if self.show_stats else None,
-                        note=" ".join(n for n, on in (("PASSTHROUGH", worker.passthrough), ("FROZEN", worker.frozen),
-                                                      ("no face", shown.face is None)) if on),
+                        avatar=shown.avatar_name if shown else first_avatar.name,
+                        calibration=shown.calibration if shown else "",
+                        fps=fps if self.show_stats and shown else None,
+                        latency_ms=shown.latency_ms if self.show_stats and shown else None,
+                        note=" | ".join(notes), banner=DEMO_BANNER if self.is_sample else "", notice=self.notice(),
                     )
+                    if status.note != shown_note:  # for the log reader (and the tests): what the status line says
+                        shown_note = status.note
+                        log.debug("status: %s", shown_note or "ok")
                     overlay = None
-                    if self.show_overlay and shown.frame is not None:
+                    if self.show_overlay and shown is not None and shown.frame is not None:
                         overlay = PreviewOverlay(driver_bgr=driver_with_landmarks(shown.frame.image_bgr, shown.face))
-                    for command in preview.show(shown.canvas_bgr, status=status, overlay=overlay):
+                    canvas = shown.canvas_bgr if shown is not None else first_frame_canvas
+                    for command in preview.show(canvas, status=status, overlay=overlay,
+                                                help_text=hints if self.show_help else None):
                         inbox.put(command, source="preview")
                 for command in inbox.drain():
                     self.handle(command)
@@ -356,12 +415,12 @@ class App:
                     hotkeys.raise_if_failed()
                 for w in workers:
                     w.raise_if_failed()
+                capture.raise_if_failed()
                 for publisher in publishers:
                     publisher.raise_if_failed()
                 if self.duration_s is not None and time.perf_counter() - start >= self.duration_s:
                     break
-                if capture.ended.is_set() and last_seq == worker.frames_rendered \
-                        and landmark_worker.processed >= capture.frames_read:
+                if capture.ended.is_set() and pipeline_drained(capture.frames, landmark_worker, worker, last_seq):
                     break
         except KeyboardInterrupt:
             log.info("stopping (Ctrl+C)")
@@ -392,7 +451,7 @@ class App:
 
         paths = scan_folder(store.folder)
         if not paths:
-            raise AvatarError(f"the avatars folder {store.folder} has no images (.png, .jpg, .jpeg, .webp, .bmp): "
+            raise AvatarError(f"the avatars folder {store.folder} has no pictures (PNG, JPEG, WebP, GIF, TIFF, ...): "
                               "add a portrait, or pass one with --avatar path/to/image.jpg")
         if index is not None:
             if not 1 <= index <= len(paths):
@@ -420,7 +479,10 @@ class App:
             except (DeviceError, FaceMimicError, RuntimeError) as exc:
                 if config.output.vcam == "on":
                     raise
-                message = f"virtual camera off: {exc}"
+                # One line here; the full set-up guide is for `run.py --check` and tools/vcam_setup.py.
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                message = (f"virtual camera off: {first_line.rstrip(':')} (set-up steps: python tools/vcam_setup.py, "
+                           "or python run.py --check)")
                 log.warning("%s", message)
                 self.notes.append(message)
             else:
@@ -447,6 +509,25 @@ class App:
             names.append("video")
         return {"sinks": sinks, "composers": composers, "publishers": factories, "names": names,
                 "video_path": video_path}
+
+
+class RateMeter:
+    """Events per second over the last couple of seconds (the preview's fps when no output measures it)."""
+
+    def __init__(self, window_s: float = 2.0):
+        self.window_s = window_s
+        self._times: list[float] = []
+
+    def tick(self, time_s: float) -> None:
+        self._times.append(time_s)
+        cutoff = time_s - self.window_s
+        while self._times and self._times[0] < cutoff:
+            self._times.pop(0)
+
+    def rate(self) -> float | None:
+        if len(self._times) < 2:
+            return None
+        return (len(self._times) - 1) / max(self._times[-1] - self._times[0], 1e-6)
 
 
 class _Identity:

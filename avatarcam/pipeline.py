@@ -109,6 +109,8 @@ class LandmarkWorker(Worker):
         self._warn = RateLimitedLog()
         self._start_s = time.perf_counter()
         self.processed = 0
+        self.done_seq = 0
+        """Sequence number (in `frames`) of the last frame fully handled; see pipeline_drained()."""
 
     def _wake(self) -> None:
         self.observed.close()
@@ -117,6 +119,7 @@ class LandmarkWorker(Worker):
         seq = 0
         failures = 0
         while not self._stop.is_set():
+            self.done_seq = seq
             seq, frame = self.frames.get(seq, timeout_s=0.2)
             if frame is None:
                 continue
@@ -168,6 +171,8 @@ class AvatarStore:
         self.loaded = threading.Event()
         self.version = 0
         """Incremented whenever the list of avatars changes."""
+        self.progress: tuple[int, int] | None = None
+        """(files prepared, files found) while a background load runs, else None."""
         self._thread: threading.Thread | None = None
 
     def load_first(self, path: Path) -> tuple[Avatar, Any]:
@@ -195,8 +200,10 @@ class AvatarStore:
             with self._lock:
                 known = {a.path: (a, p) for a, p in self._entries if a.path is not None}
             entries, skipped = [], []
+            self.progress = (0, len(paths))
             with self._make_landmarker() as landmarker:
-                for path in paths:
+                for done, path in enumerate(paths):
+                    self.progress = (done, len(paths))
                     if path in known and path.stat().st_mtime <= known[path][0].loaded_time_s:
                         entries.append(known[path])
                         continue
@@ -215,8 +222,14 @@ class AvatarStore:
                 self.version += 1
             log.info("avatars ready: %s", ", ".join(a.name for a, _ in entries) or "none")
         finally:
+            self.progress = None
             self.loading.clear()
             self.loaded.set()
+
+    def preparing(self) -> str:
+        """'preparing avatars 3/8' while the background load runs, else ""."""
+        progress = self.progress
+        return f"preparing avatars {progress[0]}/{progress[1]}" if progress else ""
 
     def entries(self) -> list[tuple[Avatar, Any]]:
         """Snapshot of the (avatar, prepared) list in hotkey order."""
@@ -251,6 +264,9 @@ class RenderWorker(Worker):
         self.frames_rendered = 0
         self.render_failures = 0
         self.switch_ms: list[float] = []
+        self.done_seq = 0
+        """Sequence number (in `observed`) of the last observation fully handled; see pipeline_drained()."""
+        self._deferred: list[tuple[Command, float]] = []
 
     @property
     def calibrated(self) -> bool:
@@ -274,6 +290,12 @@ class RenderWorker(Worker):
         entries = self.avatars.entries()
         count = max(len(entries), 1)
         before = self._avatar_index
+        switching = command.avatar_slot is not None or command in (Command.NEXT_AVATAR, Command.PREVIOUS_AVATAR)
+        if switching and self.avatars.loading.is_set() and \
+                (len(entries) <= 1 or (command.avatar_slot or 0) >= len(entries)):
+            # The avatars are still being prepared: keep the switch and apply it to the list once it is ready.
+            self._deferred.append((command, issued_s))
+            return
         if command.avatar_slot is not None:
             if command.avatar_slot < len(entries):
                 self._avatar_index = command.avatar_slot
@@ -303,6 +325,7 @@ class RenderWorker(Worker):
         self._seen_version = self.avatars.version
         self._shown_name = None
         while not self._stop.is_set():
+            self.done_seq = seq
             seq, observed = self.observed.get(seq, timeout_s=0.1)
             if self.avatars.version != self._seen_version:
                 # The list changed (background load or reload): stay on the avatar being shown. This runs before
@@ -311,6 +334,10 @@ class RenderWorker(Worker):
                 names = [a.name for a, _ in self.avatars.entries()]
                 if self._shown_name in names:
                     self._avatar_index = names.index(self._shown_name)
+            if self._deferred and not self.avatars.loading.is_set():
+                deferred, self._deferred = self._deferred, []
+                for command, issued_s in deferred:
+                    self._apply(command, issued_s)
             while True:
                 try:
                     command, issued_s = self.commands.get_nowait()
@@ -369,3 +396,11 @@ def passthrough_canvas(frame_bgr: np.ndarray, out: np.ndarray) -> np.ndarray:
     y0, x0 = (h - side) // 2, (w - side) // 2
     cv2.resize(frame_bgr[y0:y0 + side, x0:x0 + side], out.shape[1::-1], dst=out, interpolation=cv2.INTER_AREA)
     return out
+
+
+def pipeline_drained(frames: LatestSlot, landmarks: LandmarkWorker, render: RenderWorker, shown_seq: int) -> bool:
+    """True when every hand-off is empty: the newest captured frame went through landmarks and rendering, and the
+    newest render (seq `shown_seq`) reached the outputs. A finite source that has ended is then done, even when
+    frames were dropped on the way (latest wins), which a count of frames read against frames seen never is."""
+    return (frames.peek()[0] == landmarks.done_seq and landmarks.observed.peek()[0] == render.done_seq
+            and render.rendered.peek()[0] == shown_seq)
