@@ -126,3 +126,10 @@ def test_no_face_message_states_the_real_rule(image_landmarker):
     limit_share = 1.15 * smallest_face_px(4000, 3000) / 4000
     photo, _ = _small_face_photo(4000, 3000, limit_share, (900, 700), image_landmarker)
     assert _find_face(photo, image_landmarker) is not None
+
+
+def test_animal_picture_is_refused_with_a_message_saying_what_works(image_landmarker):
+    cat = PORTRAIT.parent / "cat_chelsea.jpg"
+    with pytest.raises(AvatarError) as info:
+        load_avatar(cat, image_landmarker, 256)
+    assert "cat_chelsea.jpg" in str(info.value) and "human face" in str(info.value)
