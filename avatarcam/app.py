@@ -47,9 +47,22 @@ def motion_settings(config: Config) -> MotionSettings:
     )
 
 
+def require_torch(what: str) -> None:
+    """ConfigError with the install command when torch (an optional extra) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise ConfigError(f"{what} needs torch, which is not installed (the built-in CPU generator does not need "
+                          "it): run `python tools/install.py --torch` (or pip install -r requirements-torch.txt)")
+
+
 def build_reenactor(config: Config):
     """The generator chosen by generator.model."""
     g = config.generator
+    if g.model == "fomm":
+        require_torch("--model fomm")
+    elif g.backend not in ("auto",):
+        require_torch(f"generator.backend {g.backend}")
     if g.model == "mesh":
         from avatarcam.generators.mesh import MeshSettings
         from avatarcam.reenact import MeshReenactor
@@ -73,6 +86,12 @@ def mesh_warp_runner(backend: str, mesh):
         hardware = detect_hardware()
         if not hardware.cuda_available:
             log.info("mesh warp: numpy/cv2 on the CPU (no CUDA device; the fastest CPU path)")
+            return None
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            log.info("mesh warp: numpy/cv2 on the CPU (a CUDA device, but torch is not installed: "
+                     "python tools/install.py --torch)")
             return None
     from avatarcam.generators.mesh_torch import MeshWarpRunner
 

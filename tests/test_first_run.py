@@ -190,3 +190,24 @@ def test_sample_fallback_shows_a_demo_banner_help_and_notices(tmp_path):
         finally:
             if app.process.poll() is None:
                 app.process.kill()
+
+
+def test_torch_is_an_extra_the_cpu_path_does_not_need(monkeypatch):
+    import importlib.util
+    import subprocess as sp
+
+    # The built-in generator on a CPU builds and renders without importing torch.
+    code = ("import sys; from avatarcam.app import build_reenactor; from avatarcam.config import load_config; "
+            "build_reenactor(load_config(None)); print('torch' in sys.modules)")
+    assert sp.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                  timeout=120).stdout.strip() == "False"
+    requirements = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert not any(line.startswith("torch") for line in requirements)
+    from avatarcam import app as app_module
+    from avatarcam.config import load_config
+    from avatarcam.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"--model fomm needs torch.*install.py --torch"):
+        app_module.build_reenactor(load_config(None, {"generator.model": "fomm"}))

@@ -39,8 +39,9 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def install_packages(dev: bool) -> None:
-    requirements = ROOT / ("requirements-dev.txt" if dev else "requirements.txt")
+def install_packages(dev: bool, torch: bool = False) -> None:
+    # The dev requirements include torch (the FOMM and export tests need it); the plain install does not.
+    requirements = ROOT / ("requirements-dev.txt" if dev else "requirements-torch.txt" if torch else "requirements.txt")
     run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-r", str(requirements)])
 
 
@@ -111,9 +112,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dev", action="store_true", help="also install the test requirements, Xvfb and xdotool")
     parser.add_argument("--models", action="store_true", help="only fetch and verify the face landmark model")
+    parser.add_argument("--torch", action="store_true",
+                        help="also install torch (about 0.85 GB): FOMM and the mesh warp on a GPU need it")
     args = parser.parse_args()
     if not args.models:
-        install_packages(args.dev)
+        install_packages(args.dev, args.torch)
     install_model()
     if args.dev and not args.models:
         install_dev_tools()
