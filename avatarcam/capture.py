@@ -409,6 +409,7 @@ class CaptureThread:
         opened_s = time.perf_counter()
         last_good_s = opened_s
         delivered_here = 0
+        since_restart = 0  # frames since a looping file last restarted
         while not self._stop.is_set():
             read_start = time.perf_counter()
             ok, raw = capture.read()
@@ -425,8 +426,9 @@ class CaptureThread:
                         return index
                     if ok:
                         continue  # one undecodable frame inside a file: skip it
-                    if self._loop and delivered_here > 0:
+                    if self._loop and since_restart > 0:  # (a restart that gives no frame ends the file)
                         capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                        since_restart = 0
                         continue
                     self.status = "ended"
                     self.ended.set()
@@ -441,6 +443,7 @@ class CaptureThread:
                 continue
             last_good_s = time.perf_counter()
             delivered_here += 1
+            since_restart += 1
             if self.spec.kind == "file" and self._pace:
                 prev_due, prev_ts = self._pace_frame(capture, prev_due, prev_ts, period)
             image = self._normalise(image)

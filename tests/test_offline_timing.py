@@ -85,16 +85,9 @@ def _render(mesh_setup, model_path, driver, out):
 
 
 def _read_all(path) -> tuple[list[np.ndarray], float]:
-    capture = cv2.VideoCapture(str(path))
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    return frames, fps
+    from avatarcam.capture import file_info, iter_frames
+
+    return list(iter_frames(str(path))), file_info(str(path))[1]
 
 
 def test_variable_frame_rate_driver_keeps_its_duration(tmp_path, mesh_setup, model_path):
