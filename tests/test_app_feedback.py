@@ -11,7 +11,7 @@ import numpy as np
 
 from avatarcam.commands import Command
 from avatarcam.hotkeys import preview_key_to_command, preview_keycode_map
-from avatarcam.preview import PreviewStatus, PreviewWindow, help_lines
+from avatarcam.preview import PreviewStatus, PreviewWindow
 from tests.conftest import D12, PORTRAIT, ROOT
 
 
@@ -80,6 +80,8 @@ def test_avatar_switch_pressed_while_preparing_is_applied_when_ready(model_path,
 
 
 def test_preview_keys_esc_quits_and_h_or_question_mark_shows_help():
+    from avatarcam.preview import help_lines
+
     keymap = preview_keycode_map()
     assert preview_key_to_command(27, keymap) is Command.QUIT
     assert preview_key_to_command(ord("h"), keymap) is Command.HELP
@@ -91,6 +93,8 @@ def test_preview_keys_esc_quits_and_h_or_question_mark_shows_help():
 
 
 def test_help_box_banner_and_notice_are_drawn_on_the_preview_only():
+    from avatarcam.preview import help_lines
+
     window = PreviewWindow()
     canvas = np.full((512, 512, 3), 160, np.uint8)
     plain = window._render(canvas, PreviewStatus(avatar="a"), None).copy()
