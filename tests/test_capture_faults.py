@@ -294,3 +294,20 @@ def test_faulty_camera_never_stops_or_blacks_the_output_and_recovers_within_2_s(
         assert recovered[0] - back_s < 2.0, f"{kind}: recovered after {recovered[0] - back_s:.1f} s"
     assert camera.opens >= 3  # the unplug and the freeze were both reopened
     assert capture.resized_frames > 0 and capture.garbage_frames > 0
+
+
+def test_vcam_device_given_by_label_is_looked_up_on_linux(tmp_path):
+    from avatarcam.vcam import VirtualCameraSink
+    from tests.test_vcam import make_sysfs
+
+    sysfs = make_sysfs(tmp_path, {"video0": ("Integrated Camera", False), "video7": ("OBS Cam", True),
+                                  "video12": ("FaceMimic Camera", True)})
+    plan = VirtualCameraSink(backend="v4l2loopback", device="FaceMimic Camera", sysfs_root=sysfs,
+                             system="Linux")._plan(["v4l2loopback"])
+    assert plan == [("v4l2loopback", "/dev/video12")]  # it used to be passed on as if it were a path
+    path = VirtualCameraSink(backend="v4l2loopback", device="/dev/video7", sysfs_root=sysfs,
+                             system="Linux")._plan(["v4l2loopback"])
+    assert path == [("v4l2loopback", "/dev/video7")]
+    with pytest.raises(DeviceError, match="No Such Label"):
+        VirtualCameraSink(backend="v4l2loopback", device="No Such Label", sysfs_root=sysfs,
+                          system="Linux")._plan(["v4l2loopback"])

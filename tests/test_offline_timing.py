@@ -7,6 +7,7 @@ import fractions
 import random
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -153,3 +154,19 @@ def test_video_that_decodes_nothing_fails_run_py(tmp_path):
     assert result.returncode != 0, result.stdout
     assert "no frame could be decoded" in result.stderr and "rendered 0 frames" not in result.stdout
     assert not out.exists()  # nothing opened before the check
+
+
+def test_live_file_source_plays_a_variable_rate_clip_at_its_true_speed(tmp_path):
+    from avatarcam.capture import CaptureThread, SourceSpec
+
+    driver = tmp_path / "vfr.webm"
+    # 0.5 s at 30 fps, then 1.5 s at 10 fps: 2.0 s in all; read at the header's 30 fps it would take 1.0 s.
+    times = [i / 30 for i in range(15)] + [0.5 + i / 10 for i in range(15)]
+    write_video(driver, _d12_frames(30, 128), times, codec="libvpx", header_fps=30)
+    capture = CaptureThread(SourceSpec.parse(str(driver)), loop=False).start()
+    start = time.perf_counter()
+    assert capture.ended.wait(10)
+    elapsed = time.perf_counter() - start
+    capture.stop()
+    assert capture.frames_read == 30
+    assert 1.7 < elapsed < 2.6, f"played in {elapsed:.2f} s"
