@@ -133,8 +133,8 @@ def open_capture(spec: SourceSpec, *, width: int = 1280, height: int = 720, fps:
                 "(close Zoom/Meet previews), or choose another with --source 1"
             )
         if spec.kind == "url":
-            raise DeviceError(f"{spec.describe()} could not be opened within {open_timeout_ms / 1000:g} s: check "
-                              "the address and that the camera or stream is on")
+            raise DeviceError(f"{spec.describe()} could not be opened (refused, or no answer within "
+                              f"{open_timeout_ms / 1000:g} s): check the address and that the camera or stream is on")
         raise DeviceError(f"{spec.describe()} could not be opened as a video: check the file or URL")
     return capture
 
