@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from avatarcam.capture import CaptureThread, SourceSpec, probe_camera
+from avatarcam.capture import CaptureThread, SourceSpec, camera_device_exists, first_frame, probe_camera
 from avatarcam.commands import Command, SelectAvatar
 from avatarcam.config import Config
 from avatarcam.errors import AvatarError, FaceMimicError
@@ -33,13 +33,17 @@ from avatarcam.outputs import (
     save_snapshot,
 )
 from avatarcam.paths import PROJECT_ROOT, SAMPLE_DRIVER, project_path
-from avatarcam.pipeline import AvatarStore, LandmarkWorker, Rendered, RenderWorker
+from avatarcam.pipeline import AvatarStore, LandmarkWorker, Rendered, RenderWorker, pipeline_drained
 from avatarcam.session import Session, SessionHooks
 from avatarcam.sinks.video_file import VideoFileSink
 from avatarcam.types import Observed
 from avatarcam.workers import Worker
 
 log = logging.getLogger(__name__)
+
+DEMO_BANNER = "DEMO: sample clip drives the avatar (no webcam)"
+NOTICE_S = 2.0
+"""How long a notice (snapshot saved, best match, ...) stays on the preview."""
 
 __all__ = ["App", "RunSummary", "VideoFileSink", "driver_with_landmarks", "resolve_avatar"]
 
@@ -89,15 +93,29 @@ class App:
         self.inbox: Any = None
         self.status: StatusLine | None = None
         """The status line of the running session (failures included); None before run()."""
+        self.is_sample = False
+        """True while the bundled sample clip stands in for a missing webcam (the preview says DEMO)."""
+        self.show_help = False
+        self._notice: tuple[str, float] = ("", 0.0)
         # The app's command table; every other command goes to the render worker's table.
         self._actions: dict[Command, Callable[[], Any]] = {
             Command.QUIT: self.stop_event.set,
             Command.OVERLAY: self._toggle_overlay,
             Command.STATS: self._toggle_stats,
+            Command.HELP: self._toggle_help,
             Command.RELOAD_AVATARS: self._reload_avatars,
-            Command.SNAPSHOT: self.snapshot,
+            Command.SNAPSHOT: self._snapshot_with_notice,
             Command.BEST_MATCH_AVATAR: self._best_match,
         }
+
+    def notify(self, text: str) -> None:
+        """A short message on the preview for NOTICE_S seconds (any thread)."""
+        self._notice = (text, time.perf_counter())
+
+    def notice(self) -> str:
+        """The current on-screen notice, "" once it has expired."""
+        text, since = self._notice
+        return text if text and time.perf_counter() - since < NOTICE_S else ""
 
     # -- commands from hotkeys and the preview window
 
@@ -116,18 +134,29 @@ class App:
     def _toggle_stats(self) -> None:
         self.show_stats = not self.show_stats
 
+    def _toggle_help(self) -> None:
+        self.show_help = not self.show_help
+
     def _reload_avatars(self) -> None:
         if self.store is not None:
             self.store.reload()
+            self.notify("reloading avatars...")
+
+    def _snapshot_with_notice(self) -> None:
+        files = self.snapshot()
+        self.notify(f"snapshot saved: {files[-1].parent.name}/{files[-1].name}" if files
+                    else "snapshot: nothing rendered yet")
 
     def _best_match(self) -> None:
         worker, last = self.render_worker, self._last
         if worker is None or last is None or last.face is None or last.frame is None or self.store is None:
             log.info("best match needs a face in view")
+            self.notify("best match needs a face in view")
             return
         entries = self.store.entries()
         index = worker.reenactor.best_match([p for _, p in entries], Observed(frame=last.frame, face=last.face))
         log.info("best match: %s", entries[index][0].name if index is not None else "none")
+        self.notify(f"best match: {entries[index][0].name if index is not None else 'none'}")
         if index is not None:
             worker.submit(SelectAvatar(index))
 
@@ -149,18 +178,29 @@ class App:
 
     # -- the run
 
-    def _source(self) -> tuple[SourceSpec, bool]:
-        """The capture source, falling back to the bundled sample clip when no webcam can be opened."""
+    def _source(self, *, vcam_live: bool = False) -> tuple[SourceSpec, bool]:
+        """The capture source, and whether it is the bundled sample clip standing in for a missing webcam.
+
+        Only the untouched default camera may fall back, and only when no webcam exists at all: a busy webcam, a
+        camera the user named, or a live virtual camera (a call may be watching) means waiting for the camera with
+        the avatar at rest instead, so the avatar never lip-syncs to a recording in a call.
+        """
         spec = SourceSpec.parse(self.config.capture.source)
-        if spec.kind == "camera" and self.source_explicit:
-            # A camera the user named is waited for (opened with backoff), never swapped for the sample.
+        if spec.kind != "camera" or self.source_explicit or probe_camera(spec.target):
             return spec, False
-        if spec.kind == "camera" and not probe_camera(int(spec.target)):
+        if vcam_live:
+            reason = "the virtual camera is on, so the sample clip is not used"
+        elif camera_device_exists(spec.target):
+            reason = "it exists but is busy (another app may be using it)"
+        else:
             message = (f"No webcam could be opened at index {spec.target}; driving the avatar from the sample clip "
                        f"{SAMPLE_DRIVER.relative_to(PROJECT_ROOT)} instead (choose a camera or video with --source)")
             log.warning("%s", message)
             self.notes.append(message)
             return SourceSpec("file", str(SAMPLE_DRIVER)), True
+        message = f"{spec.describe()} is not available ({reason}): waiting for it, with the avatar at rest"
+        log.warning("%s", message)
+        self.notes.append(message)
         return spec, False
 
     def run(self) -> RunSummary:
@@ -177,13 +217,16 @@ class App:
         global_bindings = parse_global_bindings(config.hotkeys.global_keys)
         preview_bindings = parse_preview_bindings(config.hotkeys.preview_keys)
         reenactor = build_reenactor(config.generator, config.motion)
-        spec, _ = self._source()
         want_preview = config.output.preview == "on" or (config.output.preview == "auto" and has_display())
+        spec = SourceSpec.parse(config.capture.source)
+        if spec.kind == "file":
+            first_frame(str(spec.target))  # a file that opens but decodes nothing: an error before any output opens
         with contextlib.ExitStack() as cleanup:
             cleanup.callback(reenactor.close)
             outputs = OutputStage()
             cleanup.callback(outputs.stop)
             video_path = self._subscribe_sinks(outputs, reenactor.canvas_size, want_preview)
+            spec, self.is_sample = self._source(vcam_live="vcam" in outputs.names)
             store = self.store = self._avatar_store(model_path, reenactor)
             cleanup.callback(store.close)
             first_avatar, _ = store.load_first(self._first_avatar(store))
@@ -197,8 +240,10 @@ class App:
                                     strict=config.calibration.strict and spec.live)
             worker = self.render_worker = RenderWorker(landmark_worker.observed, reenactor, store, calibrator)
             inbox = self.inbox = CommandInbox()
-            status = self.status = StatusLine(outputs=outputs, flags=lambda: (worker.passthrough, worker.frozen),
-                                              show_stats=lambda: self.show_stats)
+            status = self.status = StatusLine(
+                outputs=outputs, flags=lambda: (worker.passthrough, worker.frozen),
+                show_stats=lambda: self.show_stats, notes=lambda: [capture.health(), store.preparing()],
+                banner=DEMO_BANNER if self.is_sample else "", notice=self.notice)
             if want_preview:
                 outputs.subscribe(self._preview(preview_bindings, status, inbox))
             hotkeys = self._hotkeys(global_bindings, inbox, cleanup)
@@ -209,11 +254,14 @@ class App:
                 duration_s=self.duration_s,
                 hooks=SessionHooks(
                     handle=self.handle, drain_commands=inbox.drain, on_frame=[self._keep_last],
-                    source_finished=lambda seq: capture.ended.is_set() and seq == worker.frames_rendered
-                    and landmark_worker.processed >= capture.frames_read,
+                    # A finite source is done once it has ended and every hand-off is empty (frames may have been
+                    # dropped on the way: latest wins).
+                    source_finished=lambda seq: capture.ended.is_set()
+                    and pipeline_drained(capture.frames, landmark_worker, worker, seq),
                     listeners=[hotkeys.raise_if_failed] if hotkeys is not None else [],
                 ),
             )
+            session.resting = resting_frame(first_avatar.canvas_bgr, first_avatar.name)
             outputs.start(first_avatar.canvas_bgr)
             for thread in threads:
                 thread.start()
@@ -260,11 +308,13 @@ class App:
                               min_tracking_confidence=lm.min_tracking_confidence)
 
     def _preview(self, bindings: Any, status: StatusLine, inbox: Any) -> PreviewOutput:
-        from avatarcam.preview import PreviewWindow
+        from avatarcam.preview import PreviewWindow, help_lines
 
+        hints = help_lines(bindings)
         # Global combos and preview keys meet in one inbox, which drops the copy a focused preview also sees.
         return PreviewOutput(PreviewWindow(bindings=bindings), status=status, overlay=self._overlay,
-                             on_command=lambda command: inbox.put(command, source="preview"))
+                             on_command=lambda command: inbox.put(command, source="preview"),
+                             help_text=lambda: hints if self.show_help else None)
 
     def _hotkeys(self, bindings: Any, inbox: Any, cleanup: contextlib.ExitStack) -> Any:
         from avatarcam.hotkeys import GlobalHotkeyListener
@@ -282,7 +332,7 @@ class App:
 
         paths = scan_folder(store.folder)
         if not paths:
-            raise AvatarError(f"the avatars folder {store.folder} has no images (.png, .jpg, .jpeg, .webp, .bmp): "
+            raise AvatarError(f"the avatars folder {store.folder} has no pictures (PNG, JPEG, WebP, GIF, TIFF, ...): "
                               "add a portrait, or pass one with --avatar path/to/image.jpg")
         if index is not None:
             if not 1 <= index <= len(paths):
@@ -324,10 +374,19 @@ class App:
         except (FaceMimicError, RuntimeError) as exc:
             if mode == "on":
                 raise
-            message = f"virtual camera off: {exc}"
+            # One line here; the full set-up guide is for `run.py --check` and tools/vcam_setup.py.
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = (f"virtual camera off: {first_line.rstrip(':')} (set-up steps: python tools/vcam_setup.py, "
+                       "or python run.py --check)")
             log.warning("%s", message)
             self.notes.append(message)
             return
         composer = FrameComposer(width=v.width, height=v.height, mode=v.fit, background=v.background)
         outputs.subscribe(PublishedOutput("vcam", sink, fps=v.fps, compose=composer.compose))
         log.info("virtual camera: %s on %s, %dx%d @ %g fps", sink.backend, sink.device, v.width, v.height, v.fps)
+
+
+def resting_frame(canvas_bgr: Any, avatar_name: str) -> Rendered:
+    """What the outputs show before the first render (a camera still being waited for): the avatar at rest."""
+    return Rendered(canvas_bgr=canvas_bgr, frame=None, face=None, stage_ms={}, latency_ms=0.0,
+                    avatar_name=avatar_name, calibration="", seq=0)

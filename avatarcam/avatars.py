@@ -17,11 +17,29 @@ from avatarcam.landmarks import FaceLandmarker
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".jfif", ".tif", ".tiff")
+"""Common picture types, for messages; the folder scan tries every file, whatever its name."""
+# Files that sit beside pictures and are never pictures: skipped by the folder scan without a message.
+NOT_PICTURES = (".md", ".txt", ".json", ".yaml", ".yml", ".ini", ".db", ".py", ".ds_store")
+# EXIF orientation (tag 0x0112) -> how to turn the stored pixels upright, as numpy index operations.
+_EXIF_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, *range(2, a.ndim)),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.transpose(1, 0, *range(2, a.ndim))[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
 MAX_FILE_BYTES = 60 * 1024 * 1024
 MAX_PIXELS = 50_000_000
 # Longest side the face search looks at; larger images are searched at this size, then cropped at full size.
 SEARCH_SIDE = 1280
+# The face detector finds faces at least about a tenth of the picture it is given. Pictures where the whole view
+# finds nothing are searched again in overlapping tiles, halving down to this share of the shorter side (and this
+# many pixels): together the search finds faces down to about a tenth of the smallest tile.
+MIN_TILE_SHARE = 0.25
+MIN_TILE_PX = 320
 # Canvas framing: the face (forehead to chin) spans this share of the canvas height.
 FACE_SHARE = 0.46
 FACE_CENTER_Y = 0.55
@@ -41,8 +59,41 @@ class Avatar:
     """time.time() when the file was read (reload re-reads files changed since)."""
 
 
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation (1..8, 1 = upright) stored in an image file's bytes; 1 when there is none."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            value = image.getexif().get(0x0112, 1)
+    except Exception:  # not a format Pillow knows, or a broken EXIF block: treat as upright
+        return 1
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _decode_with_pillow(data: bytes) -> np.ndarray | None:
+    """Pictures OpenCV cannot read (GIF, some TIFF and JPEG variants): the first frame as uint8 BGR or BGRA."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.seek(0)
+            image.load()
+            has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+            rgb = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
+    except Exception:
+        return None
+    return cv2.cvtColor(rgb, cv2.COLOR_RGBA2BGRA if has_alpha else cv2.COLOR_RGB2BGR)
+
+
 def read_image(path: Path) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 BGR, with an AvatarError naming the problem and the fix."""
+    """Decode an image file to (H, W, 3) uint8 BGR, upright as its EXIF orientation says, with an AvatarError
+    naming the problem and the fix. Any format OpenCV or Pillow reads is accepted (PNG, JPEG/JFIF, WebP, BMP,
+    GIF's first frame, TIFF, ...); transparency is composited over mid-grey."""
     path = Path(path)
     if not path.is_file():
         raise AvatarError(f"avatar {path} does not exist: check the path, or drop images into avatars/")
@@ -53,7 +104,10 @@ def read_image(path: Path) -> np.ndarray:
             "save a smaller copy (a 1024x1024 portrait is plenty)"
         )
     data = np.fromfile(path, dtype=np.uint8)
+    # IMREAD_UNCHANGED keeps transparency and 16-bit depth, and leaves the EXIF orientation to us (below).
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None and data.size:
+        image = _decode_with_pillow(data.tobytes())
     if image is None:
         raise AvatarError(f"avatar {path.name} could not be decoded as an image (corrupt or not an image file): "
                           f"re-save it as PNG or JPEG")
@@ -62,10 +116,13 @@ def read_image(path: Path) -> np.ndarray:
             f"avatar {path.name} is {image.shape[1]}x{image.shape[0]} pixels, more than the "
             f"{MAX_PIXELS // 1_000_000} megapixel limit: save a smaller copy"
         )
+    upright = _EXIF_UPRIGHT.get(exif_orientation(data.tobytes()))
+    if upright is not None:  # phone photos store the sensor's pixels plus a tag saying how to turn them
+        image = upright(image)
     if image.dtype != np.uint8:
         image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0))
     if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_GRAY2BGR)
     elif image.shape[2] == 4:
         # Composite transparent images over mid-grey so cut-out characters keep a neutral background.
         alpha = image[..., 3:4].astype(np.float32) / 255.0
@@ -73,19 +130,92 @@ def read_image(path: Path) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3])
 
 
-def _find_face(image_bgr: np.ndarray, landmarker: FaceLandmarker) -> np.ndarray | None:
+def _detect_at(image_bgr: np.ndarray, landmarker: FaceLandmarker, max_side: int) -> np.ndarray | None:
+    """(478, 3) landmarks in `image_bgr` pixels, detected on a copy scaled to at most `max_side`; None if no face."""
     h, w = image_bgr.shape[:2]
-    scale = min(1.0, SEARCH_SIDE / max(h, w))
-    small = cv2.resize(image_bgr, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) \
-        if scale < 1.0 else image_bgr
-    face = landmarker.detect(small)
-    if face is None and min(small.shape[:2]) < 400:
+    scale = min(1.0, max_side / max(h, w))
+    small = cv2.resize(image_bgr, (max(1, round(w * scale)), max(1, round(h * scale))),
+                       interpolation=cv2.INTER_AREA) if scale < 1.0 else image_bgr
+    face = landmarker.detect(np.ascontiguousarray(small))
+    return None if face is None else face.points_px / scale
+
+
+def _tiles(h: int, w: int):
+    """Square tiles (y0, x0, side) overlapping by half, largest first, halving down to the smallest tile side."""
+    smallest = max(MIN_TILE_PX, round(min(h, w) * MIN_TILE_SHARE))
+    side = min(h, w) // 2
+    while side >= smallest:
+        stride = side // 2
+        ys = list(range(0, max(h - side, 0) + 1, stride)) or [0]
+        xs = list(range(0, max(w - side, 0) + 1, stride)) or [0]
+        if ys[-1] + side < h:
+            ys.append(h - side)
+        if xs[-1] + side < w:
+            xs.append(w - side)
+        for y0 in ys:
+            for x0 in xs:
+                yield y0, x0, side
+        side //= 2
+
+
+def _refine(image_bgr: np.ndarray, points: np.ndarray, landmarker: FaceLandmarker) -> np.ndarray:
+    """Landmarks found in a small tile, detected again on a crop around the face (more pixels, better points)."""
+    oval = points[list(lm.FACE_OVAL), :2]
+    (x0, y0), (x1, y1) = oval.min(0), oval.max(0)
+    half = 1.5 * max(x1 - x0, y1 - y0)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    h, w = image_bgr.shape[:2]
+    left, top = int(max(0, cx - half)), int(max(0, cy - half))
+    right, bottom = int(min(w, cx + half)), int(min(h, cy + half))
+    crop = image_bgr[top:bottom, left:right]
+    if min(crop.shape[:2]) < 16:
+        return points
+    scale = 512 / max(crop.shape[:2])  # the landmark model works best with the face at a few hundred pixels
+    resized = cv2.resize(crop, None, fx=scale, fy=scale,
+                         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    face = landmarker.detect(resized)
+    if face is None:
+        return points
+    refined = face.points_px / scale
+    refined[:, 0] += left
+    refined[:, 1] += top
+    return refined
+
+
+def _find_face(image_bgr: np.ndarray, landmarker: FaceLandmarker) -> np.ndarray | None:
+    """(478, 3) float32 landmarks of the most prominent face in full-image pixels, or None.
+
+    Looks at the whole picture (scaled to SEARCH_SIDE), then, for faces too small for that (under about a tenth
+    of the picture), at overlapping tiles down to MIN_TILE_SHARE of the shorter side (MIN_TILE_PX at least).
+    """
+    h, w = image_bgr.shape[:2]
+    points = _detect_at(image_bgr, landmarker, SEARCH_SIDE)
+    if points is not None:
+        return points
+    if min(h, w) * min(1.0, SEARCH_SIDE / max(h, w)) < 400:
         # Tiny images: the detector works better with some margin and size.
+        scale = min(1.0, SEARCH_SIDE / max(h, w))
+        small = cv2.resize(image_bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) \
+            if scale < 1.0 else image_bgr
         up = cv2.resize(small, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_CUBIC)
         face = landmarker.detect(up)
         if face is not None:
             return face.points_px / (2.0 * scale)
-    return None if face is None else face.points_px / scale
+    for y0, x0, side in _tiles(h, w):
+        found = _detect_at(image_bgr[y0:y0 + side, x0:x0 + side], landmarker, 640)
+        if found is not None:
+            found[:, 0] += x0
+            found[:, 1] += y0
+            return _refine(image_bgr, found, landmarker)
+    return None
+
+
+def smallest_face_px(width: int, height: int) -> int:
+    """About the narrowest face (pixels) the search finds in a width x height picture: a tenth of the smallest
+    view it looks at (the whole picture scaled to SEARCH_SIDE, or the smallest tile)."""
+    tiles = [side for _, _, side in _tiles(height, width)]
+    view = min(tiles) if tiles else min(width, height)
+    return max(1, round(0.1 * view))
 
 
 def align_face(image_bgr: np.ndarray, points: np.ndarray, canvas_size: int) -> np.ndarray:
@@ -125,9 +255,11 @@ def avatar_from_image(
     label = path.name if path else name
     points = _find_face(image_bgr, landmarker)
     if points is None:
+        w, h = image_bgr.shape[1], image_bgr.shape[0]
         raise AvatarError(
-            f"no face found in avatar {label} ({image_bgr.shape[1]}x{image_bgr.shape[0]}): use a portrait where "
-            "the face is clearly visible, roughly frontal and at least 80 pixels wide"
+            f"no face found in avatar {label} ({w}x{h}): the search looks at the whole picture and at tiles, and "
+            f"finds a clearly visible, roughly frontal human face about {smallest_face_px(w, h)} pixels wide or "
+            "wider in a picture this size; use a portrait, or crop the picture around the face"
         )
     matrix = align_face(image_bgr, points, canvas_size)
     interpolation = cv2.INTER_AREA if matrix[0, 0] ** 2 + matrix[0, 1] ** 2 < 1 else cv2.INTER_CUBIC
@@ -146,11 +278,16 @@ def avatar_from_image(
 
 
 def scan_folder(folder: Path) -> list[Path]:
-    """Image files directly inside `folder`, sorted by name (the order of the 1..9 hotkeys)."""
+    """Files directly inside `folder` that may be pictures, sorted by name (the order of the 1..9 hotkeys).
+
+    No list of extensions decides: every file is tried (loading reports by name the ones that do not decode),
+    except hidden files and the notes and documents that live beside pictures (ORIGIN.md, Thumbs.db).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in NOT_PICTURES)
 
 
 @dataclass(frozen=True)

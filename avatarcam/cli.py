@@ -100,6 +100,21 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     return o
 
 
+def _stop_on_sigterm(stop_event) -> None:
+    """SIGTERM (a service manager, `kill`, a closing terminal) stops the run like `q` does, so the outputs are
+    finalised (an mp4 without its index does not play); Ctrl+C (SIGINT) is caught as KeyboardInterrupt."""
+    import signal
+
+    def handler(signum, frame) -> None:
+        logging.getLogger(__name__).info("stopping (%s)", signal.Signals(signum).name)
+        stop_event.set()
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): the caller owns signals
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of run.py; returns the process exit code."""
     # OpenCV prints backend probing noise and MediaPipe its graph set-up; our own messages say what matters.
@@ -124,14 +139,17 @@ def main(argv: list[str] | None = None) -> int:
         # Only the untouched default camera falls back to the sample clip; a camera the user chose is waited for.
         explicit = args.source is not None or config.capture.source != CaptureConfig().source
         app = App(config, duration_s=args.duration, source_explicit=explicit)
+        _stop_on_sigterm(app.stop_event)
         summary = app.run()
     except FaceMimicError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl+C before the outputs were open: nothing to finalise
+        print("stopped (Ctrl+C)", file=sys.stderr)
+        return 130
     print(f"FaceMimic rendered {summary.frames_rendered} frames in {summary.seconds:.1f} s "
           f"(outputs: {', '.join(summary.outputs) or 'none'})")
-    for note in app.notes:
-        print(f"note: {note}")
+    # app.notes were each logged once when they happened: one line per fact, not repeated here.
     if summary.video_path is not None:
         print(f"output video: {summary.video_path}")
     return 0

@@ -63,6 +63,7 @@ DEFAULT_PREVIEW_BINDINGS: Mapping[Command, str] = MappingProxyType({
     Command.INTENSITY_UP: "+",
     Command.INTENSITY_DOWN: "-",
     Command.SNAPSHOT: "s",
+    Command.HELP: "h",
     Command.QUIT: "q",
 })
 """Plain keys, active only while the preview window has the focus."""
@@ -209,6 +210,10 @@ def preview_keycode_map(bindings: Mapping[Any, Any] | None = None) -> dict[int, 
                 codes[ord(key.upper())] = command  # caps lock / shift: same command
         else:
             codes[PREVIEW_SPECIAL_KEYS[key[1:-1]]] = command
+    # Keys every window understands, unless the user bound them to something else: Esc quits, ? shows the help.
+    codes.setdefault(PREVIEW_SPECIAL_KEYS["esc"], Command.QUIT)
+    if Command.HELP in parsed:
+        codes.setdefault(ord("?"), Command.HELP)
     return codes
 
 

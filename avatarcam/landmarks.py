@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
+import re
+import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +55,37 @@ RIGID_POINTS = (10, 151, 9, 8, 168, 6, 197, 195, 5, 4, 1, 109, 67, 103, 338, 297
 NOSE_TIP = 1
 CHIN = 152
 FOREHEAD = 10
+
+
+# MediaPipe's C++ start-up lines (absl "W0000 ..."/"I0000 ...", TensorFlow Lite's delegate note) say nothing a
+# user can act on; they are filtered out of the native stderr while a graph is built. Anything else is passed on.
+_NATIVE_NOISE = re.compile(r"^(?:[WI]0000 |WARNING: Logging before InitGoogle|INFO: Created TensorFlow Lite)")
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def filtered_native_stderr():
+    """Route file descriptor 2 to a temporary file for the duration, then pass on every line but MediaPipe's
+    start-up noise. One at a time (a lock), since the descriptor is shared by the whole process."""
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no real stderr (embedded, pytest capture without fd): nothing to filter
+            yield
+            return
+        with tempfile.TemporaryFile(mode="w+b") as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                kept = [line for line in sink.read().decode("utf-8", "replace").splitlines()
+                        if line.strip() and not _NATIVE_NOISE.match(line)]
+                if kept:
+                    sys.stderr.write("\n".join(kept) + "\n")
 
 
 def file_sha256(path: Path) -> str:
@@ -126,7 +163,20 @@ class FaceLandmarker:
             output_face_blendshapes=True,
             output_facial_transformation_matrixes=True,
         )
-        self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        with filtered_native_stderr():
+            self._landmarker = vision.FaceLandmarker.create_from_options(options)
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One detection on a blank image, so the graph's lazy start-up (and its log lines) happens now."""
+        import mediapipe as mp
+
+        blank = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.zeros((64, 64, 3), np.uint8))
+        if self._mode == "video":
+            self._landmarker.detect_for_video(blank, 0)
+            self._last_timestamp_ms = 0
+        else:
+            self._landmarker.detect(blank)
 
     def detect(self, image_bgr: np.ndarray, timestamp_ms: int | None = None) -> FaceObservation | None:
         """Landmarks of the most prominent face in a (H, W, 3) uint8 BGR image, or None when there is none."""

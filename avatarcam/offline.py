@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from avatarcam.avatars import Avatar
-from avatarcam.capture import file_info, iter_frames
+from avatarcam.capture import file_info, frame_timestamps, iter_frames, iter_timed_frames, no_frames_message
 from avatarcam.errors import DeviceError, FaceMimicError
 from avatarcam.generators.base import Reenactor
 from avatarcam.landmarks import FaceLandmarker
@@ -31,6 +31,50 @@ class RenderReport:
     fps: float
     faces_found: int
     seconds: float
+    driver_frames: int = 0
+    """Frames decoded from the driver (differs from `frames` only for variable or mislabelled frame rates)."""
+
+
+@dataclass(frozen=True)
+class DriverTiming:
+    """How driver frames map onto a constant-rate output, from the frames' own timestamps."""
+
+    fps: float
+    """Output frame rate: the driver's typical frame interval (its median), not the header's nominal rate."""
+    source_index: np.ndarray
+    """(N_out,) int64: the driver frame shown in each output frame (repeats and skips only for variable rates)."""
+    driver_frames: int
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.source_index) / self.fps
+
+
+def driver_timing(times_s: list[float], nominal_fps: float) -> DriverTiming:
+    """Output timing for driver frames presented at `times_s` (seconds, in decode order).
+
+    Each output frame k (at t0 + k / fps) shows the driver frame being presented then (nearest start within half
+    a frame), so the output lasts as long as the driver and plays at its speed. A constant-rate driver maps frame
+    t to frame t, whatever its header says. Timestamps that are missing or not increasing fall back to the nominal
+    rate. Raises FaceMimicError when there is no frame.
+    """
+    count = len(times_s)
+    if count == 0:
+        raise FaceMimicError("the driver has no decodable frame")
+    nominal = nominal_fps if nominal_fps and 1.0 <= nominal_fps <= 240.0 else 25.0
+    times = np.asarray(times_s, np.float64)
+    deltas = np.diff(times)
+    if count < 2 or not np.all(deltas > 0):
+        return DriverTiming(fps=nominal, source_index=np.arange(count), driver_frames=count)
+    typical = float(np.median(deltas))
+    fps = 1.0 / typical if 1.0 <= 1.0 / typical <= 240.0 else nominal
+    if abs(fps - round(fps)) < 0.01 * fps:  # 29.97 stays 29.97; 25.0000001 becomes 25
+        fps = float(round(fps))
+    duration = times[-1] - times[0] + deltas[-1]  # the last frame lasts as long as the one before it
+    out_count = max(1, int(round(duration * fps)))
+    starts = times[0] + np.arange(out_count) / fps
+    index = np.searchsorted(times, starts + 0.5 / fps, side="right") - 1
+    return DriverTiming(fps=fps, source_index=np.clip(index, 0, count - 1), driver_frames=count)
 
 
 def open_writer(out_path: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
@@ -53,6 +97,7 @@ def side_by_side(driver_bgr: np.ndarray, canvas_bgr: np.ndarray) -> np.ndarray:
 
 def neutral_face_at(driver_path: str, index: int, model_path: Path, *, require_face: bool = True):
     """Landmarks of driver frame `index` (the neutral frame), with an error when it has no face and one is required."""
+    i = -1
     for i, frame in enumerate(iter_frames(driver_path)):
         if i == index:
             if not require_face:
@@ -63,13 +108,27 @@ def neutral_face_at(driver_path: str, index: int, model_path: Path, *, require_f
                 raise FaceMimicError(f"no face in driver frame {index} of {driver_path}: choose a frame with a "
                                      "clearly visible, relaxed face with --neutral-frame N")
             return Observed(frame=Frame(frame, i, 0.0), face=face)
-    raise FaceMimicError(f"--neutral-frame {index} is past the end of {driver_path}: it has {i + 1} frames")
+    if i < 0:
+        raise DeviceError(no_frames_message(driver_path))
+    raise FaceMimicError(f"--neutral-frame {index} is past the end of {driver_path}: it has {i + 1} frames "
+                         f"(choose 0..{i})")
 
 
 def render_video(driver_path: str, avatar: Avatar, prepared, reenactor: Reenactor, out_path: Path, *,
                  model_path: Path, neutral_frame: int = 0, sbs: bool = False, progress: bool = True) -> RenderReport:
-    """Render every driver frame in order; nothing is dropped or duplicated."""
-    count, fps, _ = file_info(driver_path)
+    """Render the driver in order at a constant rate that follows the frames' own timestamps.
+
+    A constant-rate driver gives exactly its frames, one output frame each (nothing dropped or duplicated), at its
+    true rate even when the header says otherwise; a variable-rate one (phone and browser recordings) is resampled
+    so the output lasts as long as the driver. Raises DeviceError for a video that opens but decodes no frame.
+    """
+    _, nominal_fps, _ = file_info(driver_path)
+    times = frame_timestamps(driver_path)  # one decoding pass: the true frame count and timing (headers may lie)
+    if not times:
+        raise DeviceError(no_frames_message(driver_path))
+    timing = driver_timing(times, nominal_fps)
+    fps = timing.fps
+    repeats = np.bincount(timing.source_index, minlength=timing.driver_frames)
     # A reenactor that does not use landmarks (FOMM without cropping) needs no face, so MediaPipe is not run.
     needs_landmarks = reenactor.needs_landmarks
     neutral_obs = neutral_face_at(driver_path, neutral_frame, model_path, require_face=needs_landmarks)
@@ -79,7 +138,7 @@ def render_video(driver_path: str, avatar: Avatar, prepared, reenactor: Reenacto
     canvas = np.zeros((size, size, 3), np.uint8)
     writer = None
     # One text line on stderr: "rendering [#############                 ] 40/75 29.80 frames/s".
-    bar = tqdm(total=count, desc="rendering", disable=not progress, ascii=" #", unit=" frames",
+    bar = tqdm(total=len(timing.source_index), desc="rendering", disable=not progress, ascii=" #", unit=" frames",
                bar_format="{desc} [{bar:30}] {n_fmt}/{total_fmt} {rate_fmt}")
     start = time.perf_counter()
     faces = 0
@@ -87,8 +146,10 @@ def render_video(driver_path: str, avatar: Avatar, prepared, reenactor: Reenacto
     landmarks = FaceLandmarker(model_path=model_path, mode="video") if needs_landmarks else contextlib.nullcontext()
     with landmarks as landmarker:
         try:
-            for t, frame_bgr in enumerate(iter_frames(driver_path)):
-                time_s = t / fps
+            for t, (frame_bgr, stamp_s) in enumerate(iter_timed_frames(driver_path)):
+                if t >= len(repeats):
+                    break  # a frame the timing pass did not see (should not happen): never write past the plan
+                time_s = (stamp_s - times[0]) if stamp_s is not None else t / fps
                 try:
                     face = None if landmarker is None else landmarker.detect(frame_bgr, int(round(time_s * 1000)))
                 except Exception as exc:  # one bad frame is rendered as "face lost", never dropped
@@ -96,16 +157,21 @@ def render_video(driver_path: str, avatar: Avatar, prepared, reenactor: Reenacto
                     face = None
                 faces += face is not None
                 observed = Observed(frame=Frame(frame_bgr, t, time_s), face=face)
+                if repeats[t] == 0:
+                    continue  # shown by no output frame (a burst in a variable-rate driver): landmarks only
                 reenactor.render(prepared, observed, neutral, time_s, canvas)
                 image = side_by_side(frame_bgr, canvas) if sbs else canvas
                 if writer is None:
                     writer = open_writer(out_path, fps, (image.shape[1], image.shape[0]))
-                writer.write(image)
-                written += 1
-                bar.update(1)
+                for _ in range(repeats[t]):
+                    writer.write(image)
+                    written += 1
+                bar.update(repeats[t])
         finally:
             if writer is not None:
                 writer.release()
     bar.close()
+    if written == 0:
+        raise DeviceError(no_frames_message(driver_path))
     return RenderReport(out_path=out_path, frames=written, fps=fps, faces_found=faces,
-                        seconds=time.perf_counter() - start)
+                        seconds=time.perf_counter() - start, driver_frames=timing.driver_frames)

@@ -135,11 +135,13 @@ class PreviewOutput:
     name = "preview"
 
     def __init__(self, window: PreviewWindow, *, status: Callable[[Rendered], PreviewStatus],
-                 overlay: Callable[[Rendered], PreviewOverlay | None], on_command: Callable[[Command], None]) -> None:
+                 overlay: Callable[[Rendered], PreviewOverlay | None], on_command: Callable[[Command], None],
+                 help_text: Callable[[], list[str] | None] = lambda: None) -> None:
         self.window = window
         self._status = status
         self._overlay = overlay
         self._on_command = on_command
+        self._help_text = help_text
         self._meter = _RateMeter()
         self._last_seq = -1
 
@@ -151,7 +153,7 @@ class PreviewOutput:
             self._last_seq = rendered.seq
             self._meter.tick()
         for command in self.window.show(rendered.canvas_bgr, status=self._status(rendered),
-                                        overlay=self._overlay(rendered)):
+                                        overlay=self._overlay(rendered), help_text=self._help_text()):
             self._on_command(command)
 
     @property
@@ -303,26 +305,40 @@ def save_snapshot(rendered: Rendered | None, folder: Path) -> list[Path]:
 
 class StatusLine:
     """Builds the preview's status line for a rendered frame: avatar, calibration, fps and latency (when stats are
-    on), the passthrough/frozen/no-face flags, and every failure of a worker or an output."""
+    on), the passthrough/frozen/no-face flags, the source's and the avatar loader's notes ("camera 0 stalled...",
+    "preparing avatars 3/8"), every failure of a worker or an output, the banner and the current notice."""
 
     def __init__(self, *, outputs: OutputStage, flags: Callable[[], tuple[bool, bool]],
-                 show_stats: Callable[[], bool]) -> None:
+                 show_stats: Callable[[], bool], notes: Callable[[], list[str]] = list, banner: str = "",
+                 notice: Callable[[], str] = str) -> None:
         self._outputs = outputs
         self._flags = flags
         self._show_stats = show_stats
+        self._notes = notes
+        self._banner = banner
+        self._notice = notice
+        self._shown_note: str | None = None
         self.failures: list[str] = []
         """Failures to show (worker and output failures, in the order seen); the session fills it."""
 
     def __call__(self, rendered: Rendered) -> PreviewStatus:
         from avatarcam.preview import PreviewStatus
 
-        stats = self._show_stats()
-        camera = next((r for r in self._outputs.reports() if r.buffering is Buffering.LATEST), None)
+        waiting = rendered.frame is None  # the avatar at rest before the first render
+        stats = self._show_stats() and not waiting
+        reports = self._outputs.reports()
+        # The fps reaching the camera (or the file); the preview's own when it is the only output.
+        measured = next((r for r in reports if r.buffering is Buffering.LATEST), None) or \
+            next((r for r in reports), None)
         passthrough, frozen = self._flags()
+        note = status_note(passthrough=passthrough, frozen=frozen, face_seen=waiting or rendered.face is not None,
+                           failures=[*(n for n in self._notes() if n), *self.failures])
+        if note != self._shown_note:  # for the log reader (and the tests): what the status line says
+            self._shown_note = note
+            log.debug("status: %s", note or "ok")
         return PreviewStatus(
             avatar=rendered.avatar_name, calibration=rendered.calibration,
-            fps=(camera.fps or 0.0) if camera is not None and stats else None,
+            fps=(measured.fps or 0.0) if measured is not None and stats else None,
             latency_ms=rendered.latency_ms if stats else None,
-            note=status_note(passthrough=passthrough, frozen=frozen, face_seen=rendered.face is not None,
-                             failures=self.failures),
+            note=note, banner=self._banner, notice=self._notice(),
         )

@@ -50,6 +50,8 @@ class LandmarkWorker(Worker):
         self._warn = RateLimitedLog(logger=log)
         self._start_s = time.perf_counter()
         self.processed = 0
+        self.done_seq = 0
+        """Sequence number (in `frames`) of the last frame fully handled; see pipeline_drained()."""
 
     def _wake(self) -> None:
         self.observed.close()
@@ -58,6 +60,7 @@ class LandmarkWorker(Worker):
         seq = 0
         failures = 0
         while not self._stop.is_set():
+            self.done_seq = seq
             seq, frame = self.frames.get(seq, timeout_s=0.2)
             if frame is None:
                 continue
@@ -109,6 +112,8 @@ class AvatarStore:
         self.loaded = threading.Event()
         self.version = 0
         """Incremented whenever the list of avatars changes."""
+        self.progress: tuple[int, int] | None = None
+        """(files prepared, files found) while a background load runs, else None."""
         self._loader: TaskWorker | None = None
         self._closing = threading.Event()
 
@@ -141,10 +146,12 @@ class AvatarStore:
             with self._lock:
                 known = {a.path: (a, p) for a, p in self._entries if a.path is not None}
             entries, skipped = [], []
+            self.progress = (0, len(paths))
             with self._make_landmarker() as landmarker:
-                for path in paths:
+                for done, path in enumerate(paths):
                     if self._closing.is_set():  # the app is stopping: the list is not needed any more
                         return
+                    self.progress = (done, len(paths))
                     if path in known and path.stat().st_mtime <= known[path][0].loaded_time_s:
                         entries.append(known[path])
                         continue
@@ -163,6 +170,7 @@ class AvatarStore:
                 self.version += 1
             log.info("avatars ready: %s", ", ".join(a.name for a, _ in entries) or "none")
         finally:
+            self.progress = None
             self.loading.clear()
             self.loaded.set()
 
@@ -171,6 +179,11 @@ class AvatarStore:
         self._closing.set()
         if self._loader is not None:
             self._loader.stop(timeout_s)
+
+    def preparing(self) -> str:
+        """'preparing avatars 3/8' while the background load runs, else ""."""
+        progress = self.progress
+        return f"preparing avatars {progress[0]}/{progress[1]}" if progress else ""
 
     def entries(self) -> list[tuple[Avatar, Any]]:
         """Snapshot of the (avatar, prepared) list in hotkey order."""
@@ -217,6 +230,9 @@ class RenderWorker(Worker):
             Command.INTENSITY_UP: lambda: self._step_intensity(0.1),
             Command.INTENSITY_DOWN: lambda: self._step_intensity(-0.1),
         }
+        self.done_seq = 0
+        """Sequence number (in `observed`) of the last observation fully handled; see pipeline_drained()."""
+        self._deferred: list[tuple[Command | SelectAvatar, float]] = []
 
     @property
     def calibrated(self) -> bool:
@@ -260,6 +276,10 @@ class RenderWorker(Worker):
 
     def _apply(self, request: Command | SelectAvatar, issued_s: float) -> None:
         before = self._avatar_index
+        if self._must_wait_for_avatars(request):
+            # The avatars are still being prepared: keep the switch and apply it to the list once it is ready.
+            self._deferred.append((request, issued_s))
+            return
         if isinstance(request, SelectAvatar):
             if request.index < len(self.avatars.entries()):
                 self._avatar_index = request.index
@@ -270,7 +290,20 @@ class RenderWorker(Worker):
             self.reenactor.reset()
             self._switch_issued_s = issued_s
 
+    def _must_wait_for_avatars(self, request: Command | SelectAvatar) -> bool:
+        """True for an avatar switch that the list being prepared cannot serve yet."""
+        if not self.avatars.loading.is_set():
+            return False
+        count = len(self.avatars.entries())
+        if isinstance(request, SelectAvatar):
+            return request.index >= count
+        return request in (Command.NEXT_AVATAR, Command.PREVIOUS_AVATAR) and count <= 1
+
     def _drain_commands(self) -> None:
+        if self._deferred and not self.avatars.loading.is_set():
+            deferred, self._deferred = self._deferred, []
+            for request, issued_s in deferred:
+                self._apply(request, issued_s)
         while True:
             try:
                 request, issued_s = self.commands.get_nowait()
@@ -293,6 +326,7 @@ class RenderWorker(Worker):
     def _run(self) -> None:
         seq = 0
         while not self._stop.is_set():
+            self.done_seq = seq
             seq, observed = self.observed.get(seq, timeout_s=0.1)
             self._follow_avatar_list()
             self._drain_commands()
@@ -358,3 +392,11 @@ def passthrough_canvas(frame_bgr: np.ndarray, out: np.ndarray) -> np.ndarray:
     y0, x0 = (h - side) // 2, (w - side) // 2
     cv2.resize(frame_bgr[y0:y0 + side, x0:x0 + side], out.shape[1::-1], dst=out, interpolation=cv2.INTER_AREA)
     return out
+
+
+def pipeline_drained(frames: LatestSlot, landmarks: LandmarkWorker, render: RenderWorker, shown_seq: int) -> bool:
+    """True when every hand-off is empty: the newest captured frame went through landmarks and rendering, and the
+    newest render (seq `shown_seq`) reached the outputs. A finite source that has ended is then done, even when
+    frames were dropped on the way (latest wins), which a count of frames read against frames seen never is."""
+    return (frames.peek()[0] == landmarks.done_seq and landmarks.observed.peek()[0] == render.done_seq
+            and render.rendered.peek()[0] == shown_seq)

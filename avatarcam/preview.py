@@ -39,17 +39,46 @@ class PreviewStatus:
     latency_ms: float | None = None
     """Capture-to-send latency in milliseconds."""
     note: str = ""
-    """Anything else worth a glance: 'FROZEN', 'PASSTHROUGH', 'no face'."""
+    """Anything else worth a glance: 'FROZEN', 'PASSTHROUGH', 'no face', 'camera 0 stalled...'."""
+    banner: str = ""
+    """A warning across the top of the preview (never on the camera), e.g. 'DEMO: sample clip'."""
+    notice: str = ""
+    """A short-lived message in the middle of the preview: 'snapshot saved', 'intensity 1.1'."""
 
     def text(self) -> str:
-        """The status line: 'Mona | calibrated | 29.8 fps | 45 ms | FROZEN'."""
+        """The status line: 'Mona | calibrated | output 29.8 fps | latency 45 ms | FROZEN'."""
         parts = [self.avatar, self.calibration]
         if self.fps is not None:
-            parts.append(f"{self.fps:.1f} fps")
+            parts.append(f"output {self.fps:.1f} fps")
         if self.latency_ms is not None:
-            parts.append(f"{self.latency_ms:.0f} ms")
+            parts.append(f"latency {self.latency_ms:.0f} ms")
         parts.append(self.note)
         return " | ".join(part for part in parts if part)
+
+
+BANNER_BGR = (0, 0, 200)
+NOTICE_BGR = (40, 40, 40)
+
+
+def help_lines(bindings: Mapping[Any, str] | None = None) -> list[str]:
+    """The key-hint overlay: one 'key  what it does' line per preview binding (the defaults when None)."""
+    from avatarcam.hotkeys import DEFAULT_PREVIEW_BINDINGS
+
+    bindings = DEFAULT_PREVIEW_BINDINGS if bindings is None else bindings
+    words = {
+        "previous_avatar": "previous avatar", "next_avatar": "next avatar", "best_match_avatar": "best match",
+        "recalibrate": "recalibrate (sit at rest)", "passthrough": "real camera on/off", "freeze": "freeze",
+        "overlay": "landmark overlay", "stats": "fps/latency on status line", "reload_avatars": "reload avatars",
+        "intensity_up": "expression stronger", "intensity_down": "expression weaker", "snapshot": "snapshot",
+        "help": "this help", "quit": "quit (also Esc)",
+    }
+    slots = [key for command, key in bindings.items() if getattr(command, "avatar_slot", None) is not None]
+    lines = [f"{slots[0]}..{slots[-1]}  avatar 1..{len(slots)}"] if slots else []
+    for command, key in bindings.items():
+        name = getattr(command, "value", str(command))
+        if name in words:
+            lines.append(f"{key}  {words[name]}")
+    return lines
 
 
 @dataclass(frozen=True)
@@ -150,7 +179,7 @@ class PreviewWindow:
         return True
 
     def show(self, frame_bgr: np.ndarray, *, status: PreviewStatus | None = None,
-             overlay: PreviewOverlay | None = None) -> list[Command]:
+             overlay: PreviewOverlay | None = None, help_text: list[str] | None = None) -> list[Command]:
         """Show (H, W, 3) uint8 BGR `frame_bgr` (not modified) and return the commands of keys pressed since."""
         if not self._open and not self.open():
             return []
@@ -162,7 +191,7 @@ class PreviewWindow:
                 or frame_bgr.shape[2] != 3:
             raise ValueError(f"unexpected preview frame: shape {getattr(frame_bgr, 'shape', None)}, dtype "
                              f"{getattr(frame_bgr, 'dtype', None)}; expected (H, W, 3) uint8 BGR")
-        image = self._render(frame_bgr, status, overlay)
+        image = self._render(frame_bgr, status, overlay, help_text)
         cv2.imshow(self._title, image)
         key = cv2.waitKeyEx(self._wait_ms)
         commands: list[Command] = []
@@ -197,7 +226,8 @@ class PreviewWindow:
 
     # -- drawing
 
-    def _render(self, frame: np.ndarray, status: PreviewStatus | None, overlay: PreviewOverlay | None) -> np.ndarray:
+    def _render(self, frame: np.ndarray, status: PreviewStatus | None, overlay: PreviewOverlay | None,
+                help_text: list[str] | None = None) -> np.ndarray:
         if self._frame_shape != frame.shape:
             height, width = frame.shape[:2]
             view_w = min(width, self._max_width)
@@ -219,6 +249,12 @@ class PreviewWindow:
                 self._draw_landmarks(view, overlay.landmarks_px, scale)
             if overlay.driver_bgr is not None:
                 self._draw_driver(view, overlay.driver_bgr)
+        if help_text:
+            self._draw_box(view, help_text, top=0.12)
+        if status is not None and status.notice:
+            self._draw_box(view, [status.notice], top=0.78)
+        if status is not None and status.banner:
+            self._draw_banner(view, status.banner)
         strip = buffer[view_h:]
         strip[...] = STATUS_BACKGROUND_BGR
         text = status.text() if status is not None else ""
@@ -227,6 +263,29 @@ class PreviewWindow:
             cv2.putText(strip, text, (6, STATUS_HEIGHT_PX - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, STATUS_TEXT_BGR, 1,
                         cv2.LINE_AA)
         return buffer
+
+    @classmethod
+    def _draw_banner(cls, view: np.ndarray, text: str) -> None:
+        height = min(28, view.shape[0])
+        view[:height] = BANNER_BGR
+        text = cls._fit_text(text, view.shape[1] - 12)
+        cv2.putText(view, text, (6, height - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+
+    @classmethod
+    def _draw_box(cls, view: np.ndarray, lines: list[str], *, top: float) -> None:
+        """Light text on a dark box, centred horizontally, starting at `top` (share of the view height)."""
+        height, width = view.shape[:2]
+        line_h = 18
+        lines = [cls._fit_text(line, width - 40) for line in lines][: max(1, (height - 20) // line_h)]
+        box_w = min(width - 8, max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)[0][0] for t in lines) + 20)
+        box_h = line_h * len(lines) + 10
+        x0 = (width - box_w) // 2
+        y0 = int(min(max(0, top * height), height - box_h))
+        region = view[y0:y0 + box_h, x0:x0 + box_w]
+        region[...] = (region.astype(np.uint16) * 3 // 10 + np.array(NOTICE_BGR, np.uint16) * 7 // 10).astype(np.uint8)
+        for i, line in enumerate(lines):
+            cv2.putText(view, line, (x0 + 10, y0 + 5 + line_h * (i + 1) - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                        STATUS_TEXT_BGR, 1, cv2.LINE_AA)
 
     @staticmethod
     def _fit_text(text: str, max_px: int) -> str:

@@ -21,9 +21,11 @@ class CheckResult:
     detail: str
 
 
-def check_camera(config: Config) -> tuple[CheckResult, np.ndarray | None]:
-    """Open the configured source and read one frame."""
-    from avatarcam.capture import SourceSpec, open_capture
+def check_camera(config: Config, *, frames: int = 15) -> tuple[CheckResult, np.ndarray | None]:
+    """Open the configured source and read up to `frames` frames: it must deliver, and show a picture (a black or
+    uniform camera - lens cover, privacy shutter, a dead capture card - fails). Cameras often start dark, so the
+    best of the frames counts."""
+    from avatarcam.capture import UNIFORM_SPREAD, SourceSpec, open_capture, picture_spread
 
     try:
         spec = SourceSpec.parse(config.capture.source)
@@ -32,13 +34,29 @@ def check_camera(config: Config) -> tuple[CheckResult, np.ndarray | None]:
     except FaceMimicError as exc:
         return CheckResult("camera", False, str(exc)), None
     try:
-        ok, frame = capture.read()
-        if not ok or frame is None:
+        best, best_spread, means = None, -1.0, []
+        for _ in range(frames):
+            ok, frame = capture.read()
+            if not ok or frame is None:
+                break
+            spread = picture_spread(frame)
+            means.append(float(frame.mean()))
+            if spread > best_spread:
+                best, best_spread = frame, spread
+            if spread >= UNIFORM_SPREAD:
+                break
+        if best is None:
             return CheckResult("camera", False, f"{spec.describe()} opened but delivered no frame: close other apps "
                                "using it, or choose another with --source"), None
+        if best_spread < UNIFORM_SPREAD:
+            shade = "black" if max(means) < 16 else "uniform"
+            return CheckResult("camera", False, f"{spec.describe()} delivers a {shade} picture (pixel spread "
+                               f"{best_spread:.1f} over {len(means)} frames, mean level {max(means):.0f}): open the "
+                               "lens cover or privacy shutter, check the lighting, or choose another camera with "
+                               "--source"), best
         fps = capture.get(cv2.CAP_PROP_FPS)
-        return CheckResult("camera", True, f"{spec.describe()}: {frame.shape[1]}x{frame.shape[0]}"
-                           + (f" @ {fps:g} fps" if fps else "")), frame
+        return CheckResult("camera", True, f"{spec.describe()}: {best.shape[1]}x{best.shape[0]}"
+                           + (f" @ {fps:g} fps" if fps else "")), best
     finally:
         capture.release()
 

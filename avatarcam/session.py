@@ -60,6 +60,8 @@ class Session:
         self.last_seq = 0
         self.failed: Worker | None = None
         """The worker whose death ended the session, if one did."""
+        self.resting: Rendered | None = None
+        """Pumped to the outputs until the first frame is rendered (the avatar at rest while a camera is awaited)."""
         self.started_s = time.perf_counter()
 
     def run(self) -> None:
@@ -76,8 +78,9 @@ class Session:
         """One pump step (see the module doc)."""
         self._take_newest()
         self._check()
-        if self.last is not None:
-            self._outputs.pump(self.last)
+        shown = self.last if self.last is not None else self.resting
+        if shown is not None:
+            self._outputs.pump(shown)
         for command in self._hooks.drain_commands():
             self._hooks.handle(command)
 

@@ -505,8 +505,10 @@ class VirtualCameraSink:
                 f"vcam backend {requested!r} is not available on {self._system}: pyvirtualcam offers "
                 f"{', '.join(available) or 'no backend'} here. Use backend: auto, or one of those."
             )
-        if requested == "v4l2loopback" and device is None:
-            device = find_loopback_device(label=self._label, sysfs_root=self._sysfs_root)
+        if requested == "v4l2loopback" and (device is None or not device.startswith("/dev/")):
+            # No device: ours, by its label. A name such as "FaceMimic Camera" is a v4l2loopback card label: look up
+            # its /dev/videoN.
+            device = find_loopback_device(label=device or self._label, sysfs_root=self._sysfs_root)
         elif requested == "unitycapture" and device is None:
             device = self._label
         return [(requested, device)]

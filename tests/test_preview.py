@@ -29,7 +29,8 @@ def test_has_display_rules() -> None:
 
 def test_status_line_text() -> None:
     status = PreviewStatus(avatar="Mona", calibration="calibrated", fps=29.94, latency_ms=45.4, note="FROZEN")
-    assert status.text() == "Mona | calibrated | 29.9 fps | 45 ms | FROZEN"
+    # The numbers say what they are (issue 12: an unlabelled "45 ms" was read as a frame time).
+    assert status.text() == "Mona | calibrated | output 29.9 fps | latency 45 ms | FROZEN"
     assert PreviewStatus().text() == ""
 
 

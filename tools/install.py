@@ -42,11 +42,12 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def install_packages(dev: bool) -> None:
-    """`pip install -e .` (with the `dev` extra for --dev): the avatarcam package, editable, with its dependencies
-    from pyproject.toml, and the `facemimic` command. Editable, because the app reads avatars/ and engines/ beside
-    the package."""
-    target = f"{ROOT}[dev]" if dev else str(ROOT)
+def install_packages(dev: bool, torch: bool = False) -> None:
+    """`pip install -e .` with the extras asked for: the avatarcam package, editable, with its dependencies from
+    pyproject.toml, and the `facemimic` command. Editable, because the app reads avatars/ and engines/ beside the
+    package. `dev` includes torch (the FOMM and export tests need it); the plain install does not."""
+    extras = "dev" if dev else "torch" if torch else ""
+    target = f"{ROOT}[{extras}]" if extras else str(ROOT)
     run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-e", target])
 
 
@@ -117,9 +118,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dev", action="store_true", help="also install the test requirements, Xvfb and xdotool")
     parser.add_argument("--models", action="store_true", help="only fetch and verify the face landmark model")
+    parser.add_argument("--torch", action="store_true",
+                        help="also install torch (about 0.85 GB): FOMM and the mesh warp on a GPU need it")
     args = parser.parse_args()
     if not args.models:
-        install_packages(args.dev)
+        install_packages(args.dev, args.torch)
     install_model()
     if args.dev and not args.models:
         install_dev_tools()

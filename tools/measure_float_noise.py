@@ -36,10 +36,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 FOMM_FIXTURES = ROOT / "tests" / "fixtures" / "fomm"
@@ -198,8 +195,7 @@ def torch_worker(config: dict, paths: dict[str, str], out: Path) -> None:
     torch.set_num_threads(config["threads"])
     torch.backends.mkldnn.enabled = config["mkldnn"]
     torch.use_deterministic_algorithms(config["deterministic"])
-    sys.path.insert(0, str(ROOT / "tools"))
-    from fomm_parity import run_sequence
+    from fomm_parity import run_sequence  # tools/ is the script's own folder on sys.path
 
     from avatarcam.generators.fomm import export as fx
     from avatarcam.generators.fomm.checkpoint import load_fomm_checkpoint

@@ -109,3 +109,14 @@ class GeneratorFamily:
     exports: Mapping[str, str] = field(default_factory=dict)
     """Model name -> "avatarcam.generators.<family>.<module>:<function>" returning a backends.models.ExportRecipe;
     strings, so that nothing (no torch, no weights) is imported until that model is exported or run on torch."""
+
+
+def require_torch(what: str) -> None:
+    """Raise ConfigError with the install command when torch (the optional `torch` extra) is missing."""
+    import importlib.util
+
+    from avatarcam.errors import ConfigError
+
+    if importlib.util.find_spec("torch") is None:
+        raise ConfigError(f"{what} needs torch, which is not installed (the built-in CPU generator does not need "
+                          "it): run `python tools/install.py --torch` (or pip install -r requirements-torch.txt)")

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from avatarcam.generators.base import GeneratorFamily, GeneratorSections
+from avatarcam.generators.base import GeneratorFamily, GeneratorSections, require_torch
 
 
 def _build(sections: GeneratorSections) -> Any:
+    require_torch("--model fomm")
     from avatarcam.generators.fomm.reenactor import build_fomm_reenactor
 
     return build_fomm_reenactor(sections)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from avatarcam.avatars import Avatar
-from avatarcam.generators.base import GeneratorSections
+from avatarcam.generators.base import GeneratorSections, require_torch
 from avatarcam.generators.mesh.model import MeshGenerator, MeshSettings, PreparedMesh
 from avatarcam.matching import shape_distance
 from avatarcam.motion import MotionSettings, MotionTransfer, Neutral, neutral_from_faces
@@ -84,6 +84,14 @@ def mesh_warp_runner(backend: str, mesh: MeshSettings) -> Any:
         if not hardware.cuda_available:
             log.info("mesh warp: numpy/cv2 on the CPU (no CUDA device; the fastest CPU path)")
             return None
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            log.info("mesh warp: numpy/cv2 on the CPU (a CUDA device, but torch is not installed: "
+                     "python tools/install.py --torch)")
+            return None
+    else:
+        require_torch(f"generator.backend {backend}")
     from avatarcam.generators.mesh.torch_warp import MeshWarpRunner
 
     runner = MeshWarpRunner(requested=backend, settings=mesh).open()
