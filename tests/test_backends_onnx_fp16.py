@@ -40,8 +40,8 @@ BOUNDS = {
 @pytest.fixture(scope="module")
 def real_models(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, object]]:
     """(exported fp32 ONNX, its export recipe) for the three FOMM graphs (tiny fixture) and the 512 mesh warp."""
-    from avatarcam.generators import fomm_export as fx
-    from avatarcam.generators import mesh_torch
+    from avatarcam.generators.fomm import export as fx
+    from avatarcam.generators.mesh import torch_warp as mesh_torch
 
     folder = tmp_path_factory.mktemp("fp16")
     models = fx.load_fomm_models(fx.SMOKE_CHECKPOINT)
