@@ -157,7 +157,7 @@ def make_tensorrt(version: str) -> types.ModuleType:
             initializers = {i.name for i in proto.graph.initializer}
             net.inputs = [tensor(v) for v in proto.graph.input if v.name not in initializers]
             net.outputs = [tensor(v) for v in proto.graph.output]
-            known = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+            known = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *proto.graph.output]}
             for node in proto.graph.node:
                 for out in node.output:
                     if known.get(out) in (1, 10):

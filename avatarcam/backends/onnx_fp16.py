@@ -3,15 +3,23 @@
 TensorRT 11 removed the weakly typed precision controls (BuilderFlag.FP16 and the other precision flags,
 IBuilder.platform_has_fast_fp16): an engine's precision is the precision of the network it is built from
 (NVIDIA, "Migrating from TensorRT 10.x to 11.x", "Strongly Typed Networks Are Now Required"). So an fp16 engine
-needs an fp16 graph. convert_to_fp16() writes that graph from our fp32 export:
+needs an fp16 graph. convert_to_fp16() derives it from our fp32 export with ONNX Runtime's converter,
+onnxruntime.transformers.float16.convert_float_to_float16 (a maintained fork of onnxconverter-common's float16.py):
 
-- every float32 initializer, Constant and ConstantOfShape value becomes float16, every Cast to float becomes a
-  Cast to float16, so every float tensor computed inside the graph is float16;
-- each float32 graph input gets one Cast to float16 and each graph output one Cast back to float32, so callers and
-  the staging buffers keep feeding and reading float32 (the runner's ModelIO does not change);
-- inputs that an operator's schema requires in float32 (Resize roi/scales, Upsample scales) stay float32;
+- every float32 initializer, Constant/ConstantOfShape value and Cast to float becomes float16, so every float
+  tensor computed inside the graph is float16;
+- keep_io_types=True: each float32 graph input gets one Cast to float16 and each graph output one Cast back to
+  float32, so callers and the staging buffers keep feeding and reading float32 (the runner's ModelIO does not
+  change);
+- Resize scales stay float32 as its schema requires (the library's ALWAYS_FLOAT_INPUTS; its roi input may be float16
+  by the schema). Before the call, a scales input read from a Constant is pointed at a float32 initializer
+  NAME__fp32, which the library keeps as it is: it would otherwise round the Constant to float16 and cast it back,
+  and a scale such as 1/3 rounded can change the output size. Upsample (opset <= 9, whose scales must be float32)
+  runs in float32 between Casts, as in the library's default op_block_list;
 - op types named in keep_fp32_ops run in float32 between Casts (none by default: see the measured bounds in
-  tests/test_backends_onnx_fp16.py).
+  tests/test_backends_onnx_fp16.py);
+- float constants beyond float16's range are refused (EngineError) before the call: the library would clamp them
+  to +-65504 silently.
 
 ensure_fp16_onnx() keeps the converted file beside the export (NAME.fp16.onnx + sidecar) and rewrites it only when
 the source graph or FP16_CONVERTER changes.
@@ -19,7 +27,7 @@ the source graph or FP16_CONVERTER changes.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -29,223 +37,134 @@ from avatarcam.backends.export import SIDECAR_FORMAT, ExportedModel, load_export
 from avatarcam.backends.sidecar import read_sidecar, sha256_file, sidecar_path, write_bytes_atomic, write_sidecar
 from avatarcam.errors import EngineError, ModelFileError
 
-FP16_CONVERTER = "facemimic-fp16/1"
+FP16_CONVERTER = "facemimic-fp16/2 (onnxruntime float16)"
 """Version of the conversion rules; part of every fp16 engine's cache key (bump it when the rules change)."""
 FP16_MAX = 65504.0
 """Largest finite float16 (IEEE 754 binary16)."""
 METADATA_PRECISION = "facemimic.precision"
-
-# (op type, input index) that the ONNX operator schemas (opset 17) type as float32 whatever the data type is.
-_FLOAT32_INPUTS = frozenset({("Resize", 1), ("Resize", 2), ("Upsample", 1)})
-# Ops whose inputs may be of any type and whose float output type comes from an attribute, handled below.
-_TYPE_FROM_ATTRIBUTE = frozenset({"Cast", "Constant", "ConstantOfShape"})
-# Ops that create float tensors from an attribute dtype we do not rewrite: refuse rather than mix types silently.
-_UNSUPPORTED = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "EyeLike",
-                          "Bernoulli", "Multinomial", "CastLike"})
+_ALWAYS_FP32_OPS = frozenset({"Upsample"})
 
 
-def _fp16_array(array: np.ndarray, what: str) -> np.ndarray:
-    finite = array[np.isfinite(array)]
-    if finite.size and float(np.abs(finite).max()) > FP16_MAX:
-        raise EngineError(
-            f"{what} holds {float(np.abs(finite).max()):.6g}, beyond float16's largest value {FP16_MAX:g}: "
-            f"build this model with precision fp32, or keep the ops that use it in float32 (keep_fp32_ops)"
-        )
-    return array.astype(np.float16)
+def _scales_index(op_type: str, opset: int) -> int | None:
+    """Input index of the float32-only scales of a Resize or Upsample node (ONNX operator schemas), else None."""
+    if op_type == "Resize":
+        return 2 if opset >= 11 else 1
+    return 1 if op_type == "Upsample" else None
 
 
-def _tensor_to_fp16(tensor: Any, what: str) -> Any:
-    from onnx import numpy_helper
+def _refuse_subgraphs(model: Any) -> None:
+    """EngineError for a node with a subgraph: the library puts the Casts it adds into the main graph only."""
+    for node in model.graph.node:
+        if any(attribute.HasField("g") or attribute.graphs for attribute in node.attribute):
+            raise EngineError(
+                f"node {node.name!r} ({node.op_type}) has a subgraph, which the fp16 conversion does not handle: "
+                f"build this model with precision fp32"
+            )
 
-    return numpy_helper.from_array(_fp16_array(numpy_helper.to_array(tensor), what), tensor.name)
+
+def _pin_constant_scales(model: Any, opset: int) -> None:
+    """Point each Resize/Upsample scales input read from a float Constant at a float32 initializer NAME__fp32."""
+    from onnx import TensorProto
+
+    constants = {node.output[0]: node for node in model.graph.node if node.op_type == "Constant"}
+    names = {init.name for init in model.graph.initializer}
+    for node in model.graph.node:
+        index = _scales_index(node.op_type, opset)
+        if index is None or index >= len(node.input) or node.input[index] not in constants:
+            continue
+        value = next((a.t for a in constants[node.input[index]].attribute if a.name == "value"), None)
+        if value is None or value.data_type != TensorProto.FLOAT:
+            continue
+        name = node.input[index] + "__fp32"
+        if name not in names:
+            copy = model.graph.initializer.add()
+            copy.CopyFrom(value)
+            copy.name = name
+            names.add(name)
+        node.input[index] = name
 
 
-def _float_types(model: Any) -> dict[str, int]:
-    """Element type of every tensor name the graph mentions, from ONNX shape inference (strict)."""
+def _refuse_out_of_range(model: Any, blocked_ops: Collection[str], opset: int) -> None:
+    """EngineError for a float32 initializer or node attribute tensor beyond float16's range that becomes float16."""
+    from onnx import TensorProto, numpy_helper
+
+    nodes = [node for node in model.graph.node if node.op_type not in blocked_ops]
+    read_in_fp16 = {name for node in nodes for index, name in enumerate(node.input)
+                    if index != _scales_index(node.op_type, opset)}
+    tensors = [(f"initializer {init.name!r}", init) for init in model.graph.initializer if init.name in read_in_fp16]
+    tensors += [(f"{node.op_type} {node.name!r}", tensor) for node in nodes for attribute in node.attribute
+                for tensor in [attribute.t, *attribute.tensors]]
+    for what, tensor in tensors:
+        if tensor.data_type != TensorProto.FLOAT:
+            continue
+        array = numpy_helper.to_array(tensor)
+        largest = float(np.abs(array[np.isfinite(array)]).max(initial=0.0))
+        if largest > FP16_MAX:
+            also = ", or keep the ops that use it in float32 (keep_fp32_ops)" if what.startswith("initializer") else ""
+            raise EngineError(
+                f"{what} holds {largest:.6g}, beyond float16's largest value {FP16_MAX:g}: build this model with "
+                f"precision fp32{also}"
+            )
+
+
+def _skip_fp16_round_trips(graph: Any) -> None:
+    """Point each Cast to float32 of a Cast to float16 of a float32 tensor at that tensor (in place).
+
+    The library casts the float32 output of every blocked op to float16, and back to float32 for the next blocked op
+    or graph output; the round trip would round (or overflow) values that keep_fp32_ops keeps in float32.
+    """
+    from onnx import TensorProto
+
+    types = {info.name: info.type.tensor_type.elem_type for info in [*graph.input, *graph.value_info]}
+    casts = {node.output[0]: node for node in graph.node if node.op_type == "Cast"}
+    to = {name: next(a.i for a in node.attribute if a.name == "to") for name, node in casts.items()}
+    for name, node in casts.items():
+        source = node.input[0]
+        if to[name] == TensorProto.FLOAT and to.get(source) == TensorProto.FLOAT16:
+            if types.get(casts[source].input[0]) == TensorProto.FLOAT:
+                node.input[0] = casts[source].input[0]
+
+
+def _inferred(model: Any) -> Any:
+    """model with the element type of every tensor from ONNX shape inference (strict)."""
     import onnx
 
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except Exception as exc:  # noqa: BLE001 - onnx raises InferenceError and checker errors alike
         raise EngineError(f"ONNX type inference failed on the fp32 graph ({exc}): re-export the model") from exc
-    graph = inferred.graph
-    types: dict[str, int] = {}
-    for info in [*graph.input, *graph.output, *graph.value_info]:
-        types[info.name] = info.type.tensor_type.elem_type
-    for init in graph.initializer:
-        types[init.name] = init.data_type
-    return types
 
 
 def convert_to_fp16(model: Any, *, keep_fp32_ops: Collection[str] = ()) -> Any:
     """A new onnx.ModelProto computing model in float16 with its float32 inputs and outputs kept (see module doc).
 
     keep_fp32_ops: op types computed in float32 (their float inputs and outputs are cast around them).
-    Raises EngineError for graphs with subgraphs (If/Loop/Scan), ops that make floats from a dtype attribute other
-    than Cast/Constant/ConstantOfShape, or float constants beyond float16's range.
+    Raises EngineError for graphs with subgraphs (If/Loop/Scan), float constants beyond float16's range read by ops
+    not kept in float32, a graph that fails type inference, or a converted graph that fails onnx.checker. model is
+    not modified.
     """
     import onnx
-    from onnx import TensorProto, helper
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
-    float32, float16 = TensorProto.FLOAT, TensorProto.FLOAT16
-    source = model
-    types = _float_types(source)  # the element type of every tensor, before conversion
-    graph = source.graph
-    keep = frozenset(keep_fp32_ops)
-    for node in graph.node:
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            raise EngineError(
-                f"node {node.name!r} ({node.op_type}) has a subgraph, which the fp16 conversion does not handle: "
-                f"build this model with precision fp32"
-            )
-        if node.op_type in _UNSUPPORTED:
-            raise EngineError(
-                f"node {node.name!r} is a {node.op_type}, whose output type the fp16 conversion does not rewrite: "
-                f"build this model with precision fp32"
-            )
-
-    def is_float(name: str) -> bool:
-        return bool(name) and types.get(name) == float32
-
-    # Where each float tensor lives at each precision: name -> {elem type: tensor name holding it}.
-    held: dict[str, dict[int, str]] = {}
-    new_nodes: list[Any] = []
-    new_inits: list[Any] = []
-    counter = iter(range(1 << 30))
-
-    def fresh(base: str, suffix: str) -> str:
-        return f"{base}__{suffix}{next(counter)}"
-
-    def get(name: str, want: int) -> str:
-        places = held[name]
-        if want not in places:
-            source_name = next(iter(places.values()))
-            out = fresh(name, "fp16_" if want == float16 else "fp32_")
-            new_nodes.append(helper.make_node("Cast", [source_name], [out], to=want, name=fresh("cast", "")))
-            places[want] = out
-        return places[want]
-
-    # Initializers: an fp16 copy under the same name; an fp32 copy (original bytes) only for float32-only inputs.
-    needs32: set[str] = set()
-    needs16: set[str] = {o.name for o in graph.output}
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            if (node.op_type, index) in _FLOAT32_INPUTS or node.op_type in keep:
-                needs32.add(name)
-            else:
-                needs16.add(name)  # Cast inputs too: they read the fp16 copy
-    for init in graph.initializer:
-        if init.data_type != float32:
-            new_inits.append(init)
-            continue
-        places: dict[int, str] = {}
-        if init.name in needs32:
-            copy = onnx.TensorProto()
-            copy.CopyFrom(init)
-            copy.name = init.name + "__fp32"
-            new_inits.append(copy)
-            places[float32] = copy.name
-        if init.name in needs16 or not places:
-            new_inits.append(_tensor_to_fp16(init, f"initializer {init.name!r}"))
-            places[float16] = init.name
-        held[init.name] = places
-    for value in graph.input:
-        if is_float(value.name) and value.name not in held:
-            held[value.name] = {float32: value.name}
-
-    # Graph outputs are renamed inside the graph so that the final Cast can give the caller the original name.
-    output_names = {o.name for o in graph.output}
-    internal = {name: name + "__graph_output" for name in output_names}
-
-    def inner(name: str) -> str:
-        return internal.get(name, name)
-
-    for node in graph.node:
-        new = onnx.NodeProto()
-        new.CopyFrom(node)
-        del new.input[:]
-        del new.output[:]
-        mode = float32 if node.op_type in keep else float16
-        if node.op_type == "Constant":
-            value = next((a for a in node.attribute if a.name == "value"), None)
-            out = node.output[0]
-            if value is None or value.t.data_type != float32:
-                if any(a.name.startswith("value_float") for a in node.attribute):
-                    raise EngineError(
-                        f"Constant {node.name!r} uses value_float(s), which the fp16 conversion does not rewrite: "
-                        f"re-export the model (torch.onnx writes tensor constants)"
-                    )
-                new.output.extend([inner(out)])
-                new_nodes.append(new)
-                continue
-            places = {}
-            if out in needs32:
-                copy = onnx.NodeProto()
-                copy.CopyFrom(node)
-                del copy.output[:]
-                copy.output.extend([fresh(out, "fp32_")])
-                copy.name = fresh(node.name or "constant", "fp32_")
-                new_nodes.append(copy)
-                places[float32] = copy.output[0]
-            if out in needs16 or not places:
-                for attribute in new.attribute:
-                    if attribute.name == "value":
-                        attribute.t.CopyFrom(_tensor_to_fp16(attribute.t, f"Constant {node.name!r}"))
-                new.output.extend([inner(out)])
-                new_nodes.append(new)
-                places[float16] = inner(out)
-            held[out] = places
-            continue
-        for index, name in enumerate(node.input):
-            if not is_float(name):
-                new.input.append(inner(name) if name else name)
-                continue
-            if node.op_type == "Cast":
-                new.input.append(next(iter(held[name].values())))  # Cast reads any type
-                continue
-            want = float32 if mode == float32 or (node.op_type, index) in _FLOAT32_INPUTS else float16
-            new.input.append(get(name, want))
-        if node.op_type == "Cast" and mode == float16:
-            for attribute in new.attribute:
-                if attribute.name == "to" and attribute.i == float32:
-                    attribute.i = float16
-        if node.op_type == "ConstantOfShape" and mode == float16:
-            for attribute in new.attribute:
-                if attribute.name == "value" and attribute.t.data_type == float32:
-                    attribute.t.CopyFrom(_tensor_to_fp16(attribute.t, f"ConstantOfShape {node.name!r}"))
-        if node.op_type == "ConstantOfShape" and not any(a.name == "value" for a in node.attribute):
-            new.attribute.extend([helper.make_attribute("value", helper.make_tensor("value", mode, [1], [0.0]))])
-        for out in node.output:
-            new.output.append(inner(out))
-            if is_float(out):
-                held[out] = {mode: inner(out)}
-        new_nodes.append(new)
-
-    for output in graph.output:
-        if is_float(output.name):
-            if output.name not in held:
-                raise EngineError(f"graph output {output.name!r} is produced by no node: re-export the model")
-            source_name = get(output.name, float32)
-            new_nodes.append(helper.make_node("Identity", [source_name], [output.name], name=fresh("output", "")))
-        else:
-            new_nodes.append(helper.make_node("Identity", [inner(output.name)], [output.name],
-                                              name=fresh("output", "")))
-
-    converted = helper.make_model(
-        helper.make_graph(
-            new_nodes,
-            graph.name,
-            list(graph.input),
-            list(graph.output),
-            initializer=new_inits,
-        ),
-        opset_imports=list(source.opset_import),
-        producer_name=source.producer_name,
-        producer_version=source.producer_version,
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
+    blocked = _ALWAYS_FP32_OPS | frozenset(keep_fp32_ops)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    _refuse_subgraphs(work)
+    _pin_constant_scales(work, opset)
+    _refuse_out_of_range(work, blocked, opset)
+    converted = convert_float_to_float16(
+        _inferred(work), keep_io_types=True, op_block_list=sorted(blocked), disable_shape_infer=True
     )
-    converted.ir_version = source.ir_version
-    for entry in source.metadata_props:
-        converted.metadata_props.add().CopyFrom(entry)
+    _skip_fp16_round_trips(converted.graph)
+    tidy = OnnxModel(converted)
+    tidy.prune_graph(allow_remove_graph_inputs=False)  # Casts and Constants that nothing reads any more
+    tidy.topological_sort()  # the library appends its Casts after the nodes that read them
+    produced = {name for node in converted.graph.node for name in node.output}
+    stale = [info for info in converted.graph.value_info if info.name not in produced]
+    for info in stale:
+        converted.graph.value_info.remove(info)
     tag = converted.metadata_props.add()
     tag.key, tag.value = METADATA_PRECISION, f"fp16 ({FP16_CONVERTER})"
     try:
@@ -259,8 +178,9 @@ def float_tensor_types(model: Any) -> dict[str, int]:
     """elem type of every float tensor (float16 or float32) computed by a node, from shape inference (tests)."""
     from onnx import TensorProto
 
-    types = _float_types(model)
-    produced: Iterable[str] = (out for node in model.graph.node for out in node.output)
+    graph = _inferred(model).graph
+    types = {info.name: info.type.tensor_type.elem_type for info in [*graph.input, *graph.output, *graph.value_info]}
+    produced = (out for node in model.graph.node for out in node.output)
     return {n: types[n] for n in produced if types.get(n) in (TensorProto.FLOAT, TensorProto.FLOAT16)}
 
 
