@@ -387,6 +387,8 @@ class App:
 
 
 def resting_frame(canvas_bgr: Any, avatar_name: str) -> Rendered:
-    """What the outputs show before the first render (a camera still being waited for): the avatar at rest."""
+    """What the outputs show before the first render (a camera still being waited for): the avatar at rest.
+
+    seq 0 marks it (rendered frames count from 1): the status line shows no numbers and no "no face" for it."""
     return Rendered(canvas_bgr=canvas_bgr, frame=None, face=None, stage_ms={}, latency_ms=0.0,
                     avatar_name=avatar_name, calibration="", seq=0)

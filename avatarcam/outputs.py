@@ -324,7 +324,7 @@ class StatusLine:
     def __call__(self, rendered: Rendered) -> PreviewStatus:
         from avatarcam.preview import PreviewStatus
 
-        waiting = rendered.frame is None  # the avatar at rest before the first render
+        waiting = rendered.seq == 0  # app.resting_frame: the avatar at rest before the first render
         stats = self._show_stats() and not waiting
         reports = self._outputs.reports()
         # The fps reaching the camera (or the file); the preview's own when it is the only output.

@@ -15,6 +15,11 @@ from avatarcam.preview import PreviewStatus, PreviewWindow
 from tests.conftest import D12, PORTRAIT, ROOT
 
 
+def _sections(config):
+    """The generator and motion sections build_reenactor takes."""
+    return config.generator, config.motion
+
+
 class _SlowLandmarker:
     """The real image landmarker, slowed down so the background preparation of the avatars takes a while."""
 
@@ -35,14 +40,14 @@ class _SlowLandmarker:
 
 
 def test_avatar_switch_pressed_while_preparing_is_applied_when_ready(model_path, image_landmarker):
-    from avatarcam.app import build_reenactor
     from avatarcam.config import load_config
+    from avatarcam.generators import build_reenactor
     from avatarcam.handoff import LatestSlot
     from avatarcam.motion import Calibrator
     from avatarcam.pipeline import AvatarStore, RenderWorker
     from avatarcam.types import Frame, Observed
 
-    reenactor = build_reenactor(load_config(None, {"generator.canvas_size": 256}))
+    reenactor = build_reenactor(*_sections(load_config(None, {"generator.canvas_size": 256})))
     store = AvatarStore(ROOT / "avatars", lambda: _SlowLandmarker(model_path), reenactor, extra=[PORTRAIT])
     store.load_first(PORTRAIT)
     frame_bgr = cv2.VideoCapture(str(D12)).read()[1]

@@ -11,15 +11,20 @@ import cv2
 import numpy as np
 import pytest
 
-from avatarcam.app import build_reenactor
 from avatarcam.capture import CaptureThread, SourceSpec, open_capture
 from avatarcam.config import load_config
 from avatarcam.errors import DeviceError
+from avatarcam.generators import build_reenactor
 from avatarcam.landmarks import FaceLandmarker
 from avatarcam.motion import Calibrator
 from avatarcam.pipeline import AvatarStore, LandmarkWorker, RenderWorker
 from tests.conftest import D12, PORTRAIT, ROOT
 from tests.mjpeg_server import MjpegServer
+
+
+def _sections(config):
+    """The generator and motion sections build_reenactor takes."""
+    return config.generator, config.motion
 
 
 def _d12(count: int = 50) -> list[np.ndarray]:
@@ -106,7 +111,7 @@ def test_black_camera_fails_the_self_test_and_is_reported():
 
 @pytest.fixture(scope="module")
 def reenactor_and_store(model_path):
-    reenactor = build_reenactor(load_config(None, {"generator.canvas_size": 256}))
+    reenactor = build_reenactor(*_sections(load_config(None, {"generator.canvas_size": 256})))
     store = AvatarStore(ROOT / "avatars", lambda: FaceLandmarker(model_path=model_path, mode="image"), reenactor)
     store.load_first(PORTRAIT)
     return reenactor, store

@@ -19,6 +19,11 @@ from tests.conftest import D12, PORTRAIT, ROOT
 av = pytest.importorskip("av", reason="PyAV writes the test videos: pip install -r requirements-dev.txt")
 
 
+def _sections(config):
+    """The generator and motion sections build_reenactor takes."""
+    return config.generator, config.motion
+
+
 def _d12_frames(count: int, size: int = 192) -> list[np.ndarray]:
     capture = cv2.VideoCapture(str(D12))
     frames = []
@@ -66,12 +71,12 @@ def test_driver_timing_rules():
 
 @pytest.fixture(scope="module")
 def mesh_setup(model_path):
-    from avatarcam.app import build_reenactor
     from avatarcam.avatars import load_avatar
     from avatarcam.config import load_config
+    from avatarcam.generators import build_reenactor
     from avatarcam.landmarks import FaceLandmarker
 
-    reenactor = build_reenactor(load_config(None, {"generator.canvas_size": 256}))
+    reenactor = build_reenactor(*_sections(load_config(None, {"generator.canvas_size": 256})))
     with FaceLandmarker(model_path=model_path, mode="image") as landmarker:
         avatar = load_avatar(PORTRAIT, landmarker, reenactor.canvas_size)
     return reenactor, avatar, reenactor.prepare(avatar)

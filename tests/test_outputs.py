@@ -130,7 +130,8 @@ def test_the_status_line_shows_fps_of_the_camera_flags_and_failures():
     status = StatusLine(outputs=stage, flags=lambda: (False, True), show_stats=lambda: stats[0])
     status.failures.append("capture stopped: DeviceError: camera 0 unplugged")
     line = status(rendered(80, 1)).text()
-    assert line == "a | calibrated | 0.0 fps | 5 ms | FROZEN no face | capture stopped: DeviceError: camera 0 unplugged"
+    assert line == ("a | calibrated | output 0.0 fps | latency 5 ms | FROZEN no face | capture stopped: DeviceError: "
+                    "camera 0 unplugged")
     stats[0] = False
     assert status(rendered(80, 1)).text() == ("a | calibrated | FROZEN no face | capture stopped: DeviceError: "
                                               "camera 0 unplugged")

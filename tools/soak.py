@@ -57,10 +57,10 @@ class CheckingSink:
 def soak(minutes: float, clip: Path, avatar_path: Path, canvas_size: int, warmup_s: float,
          progress: bool = True) -> dict:
     """Run the pipeline for `minutes` and return the measurements and verdicts."""
-    from avatarcam.app import build_reenactor, landmark_model_path
     from avatarcam.capture import CaptureThread, SourceSpec
     from avatarcam.config import load_config
-    from avatarcam.landmarks import FaceLandmarker
+    from avatarcam.generators import build_reenactor
+    from avatarcam.landmarks import FaceLandmarker, landmark_model_path
     from avatarcam.motion import Calibrator
     from avatarcam.pipeline import AvatarStore, LandmarkWorker, RenderWorker
     from avatarcam.publisher import Publisher
@@ -68,7 +68,7 @@ def soak(minutes: float, clip: Path, avatar_path: Path, canvas_size: int, warmup
 
     config = load_config(None, {"generator.canvas_size": canvas_size})
     model_path = landmark_model_path(config)
-    reenactor = build_reenactor(config)
+    reenactor = build_reenactor(config.generator, config.motion)
     store = AvatarStore(avatar_path.parent, lambda: FaceLandmarker(model_path=model_path, mode="image"), reenactor)
     first, _ = store.load_first(avatar_path)
     capture = CaptureThread(SourceSpec.parse(str(clip)), loop=True, pace_fps=30.0)
