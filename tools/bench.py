@@ -102,6 +102,7 @@ def run_one(size: int, seconds: float, camera_fps: float, clip: Path, avatar_pat
     elapsed = done_times[-1] - done_times[0] if len(done_times) > 1 else float("nan")
     captured = capture.frames_read - (captured_at_start or 0)
     rendered_count = worker.frames_rendered - (rendered_at_start or 0)
+    switch_ms = measure_avatar_switches(worker, store)
     capture.stop()
     landmarks.stop()
     worker.stop()
@@ -122,7 +123,27 @@ def run_one(size: int, seconds: float, camera_fps: float, clip: Path, avatar_pat
         "backend": backend,
         "runtime": reenactor.runtime,
         "render_failures": worker.render_failures,
+        "avatar_switch_ms": percentiles_ms(switch_ms),
     }
+
+
+def measure_avatar_switches(worker, store, switches: int = 8) -> list[float]:
+    """After the measured run: load the avatars folder, then step through it; ms from each next-avatar command to
+    the end of the first frame rendered with the new avatar (the render worker's switch_ms)."""
+    from avatarcam.commands import Command
+
+    store.reload()
+    if not store.loaded.wait(120) or len(store.entries()) < 2:
+        return []
+    before = len(worker.switch_ms)
+    seq = worker.rendered.peek()[0]
+    for _ in range(switches):
+        worker.submit(Command.NEXT_AVATAR)
+        deadline = time.perf_counter() + 5.0
+        while len(worker.switch_ms) == before and time.perf_counter() < deadline:
+            seq, _ = worker.rendered.get(seq, timeout_s=0.5)
+        before = len(worker.switch_ms)
+    return worker.switch_ms[-switches:]
 
 
 def main() -> int:
