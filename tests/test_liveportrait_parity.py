@@ -1,9 +1,14 @@
 """Parity with the original LivePortrait code on the tiny fixture (tests/fixtures/liveportrait/parity.npz).
 
 Bounds are the reference README's suggested fp32 acceptance bounds, which leave headroom over the noise measured
-between oneDNN on/off, thread counts and input strides (ours: see MEASURED below, taken with
-tools/liveportrait_noise.py at torch threads 1 and 2, oneDNN on and off). Each test that could pass vacuously has a
-sensitivity twin: the same comparison with one known mistake misses by far more than the bound.
+between oneDNN on/off, thread counts and input strides. Ours, module fed the stored inputs, worst of torch threads
+1 and 2 with oneDNN on and off (tools/liveportrait_noise.py, 2-core x86-64, torch 2.13):
+    f_s 2.1e-5 | logits 5.3e-5 | t/exp/scale/kp 2.9e-6 | degrees from bins 9.5e-6 | deformation 6.0e-6 |
+    occlusion 4.1e-6 | warped feature 6.6e-5 (5.5e-5 with the slices sampler) | generator crop 8.3e-7 |
+    stitching delta 3.7e-9.
+The logits bound is 2e-4 rather than the README's 1e-4, which would leave less than 2x over the 5.3e-5 seen here.
+Each test that could pass vacuously has a sensitivity twin: the same comparison with one known mistake misses by
+far more than the bound.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "liveportrait"
 
 # Acceptance bounds (module fed the stored inputs / whole chain from the images).
 F_S = 1e-4
-LOGITS = 1e-4
+LOGITS = 2e-4
 RAW = 1e-5  # t, exp, scale, kp
 DEGREES_FROM_BINS = 3e-5  # float32 softmax rounding of the reference itself is 9.5e-6
 DEGREES_CHAIN = 3e-4
