@@ -161,8 +161,9 @@ def test_wrong_keys_are_listed(tmp_path):
     state = torch.load(path, map_location="cpu", weights_only=True)
     state["first.conv.extra"] = state.pop("second.bias")
     torch.save(state, path)
-    with pytest.raises(ModelFileError, match=r"appearance_feature_extractor\.pth.*missing keys, first \['second\.bias'\]"
-                                             r".*unexpected keys, first \['first\.conv\.extra'\]"):
+    with pytest.raises(ModelFileError, match=r"appearance_feature_extractor\.pth.*missing keys, "
+                                             r"first \['second\.bias'\].*unexpected keys, "
+                                             r"first \['first\.conv\.extra'\]"):
         load_liveportrait(folder)
 
 

@@ -140,7 +140,8 @@ def test_eye_and_lip_retargeting(lp, ref):
     x_s = torch.from_numpy(ref["me_source_kp_transformed"])
     for i in range(3):
         with torch.no_grad():
-            eye, lip = graph(x_s, torch.from_numpy(ref["eye_ratio"][i:i + 1]), torch.from_numpy(ref["lip_ratio"][i:i + 1]))
+            eye, lip = graph(x_s, torch.from_numpy(ref["eye_ratio"][i:i + 1]),
+                             torch.from_numpy(ref["lip_ratio"][i:i + 1]))
         assert maxdiff(eye, ref["eye_delta"][i:i + 1]) < MLP
         assert maxdiff(lip, ref["lip_delta"][i:i + 1]) < MLP
     # Sensitivity: the ratios placed before the keypoints instead of after them.
@@ -185,7 +186,8 @@ def test_one_full_relative_motion_step_from_the_images(lp, ref):
         f_s = lp.appearance(torch.from_numpy(ref["source"]))
         motion = MotionGraph(lp.motion)
         names = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
-        source = mo.KeypointInfo.from_outputs(dict(zip(names, (t.numpy() for t in motion(torch.from_numpy(ref["source"]))))))
+        source_out = motion(torch.from_numpy(ref["source"]))
+        source = mo.KeypointInfo.from_outputs(dict(zip(names, (t.numpy() for t in source_out))))
         drv = dict(zip(names, (t.numpy() for t in motion(torch.from_numpy(ref["driving"][[0, 1]])))))
         initial = mo.KeypointInfo.from_outputs({k: v[:1] for k, v in drv.items()})
         driving = mo.KeypointInfo.from_outputs({k: v[1:] for k, v in drv.items()})

@@ -51,8 +51,8 @@ def measure(threads: int, mkldnn: bool, rows: list[int]) -> dict[str, float]:
             set_sampler(lp.warping, sampler)
             occ, warped = 0.0, 0.0
             for row in rows:
-                w = lp.warping(torch.from_numpy(ref["f_s"]), kp_driving=torch.from_numpy(ref["anim_kp_final"][row:row + 1]),
-                               kp_source=x_s)
+                kp_driving = torch.from_numpy(ref["anim_kp_final"][row:row + 1])
+                w = lp.warping(torch.from_numpy(ref["f_s"]), kp_driving=kp_driving, kp_source=x_s)
                 occ = max(occ, d(w["occlusion_map"], ref["warp_occlusion"][row:row + 1]))
                 warped = max(warped, d(w["out"], ref["warp_out"][row:row + 1]))
                 if row == 1:

@@ -256,8 +256,10 @@ def _check_consistent(models: dict[str, Any], files: dict[str, Path]) -> None:
          g.input_channels == w.out_channels),
         ("stitching", f"input {models['stitching'].mlp[0].in_features}", f"{6 * k} (2 x 3 x {k} keypoints)",
          models["stitching"].mlp[0].in_features == 6 * k),
-        ("eye", f"input {models['eye'].mlp[0].in_features}", f"{3 * k + 3}", models["eye"].mlp[0].in_features == 3 * k + 3),
-        ("lip", f"input {models['lip'].mlp[0].in_features}", f"{3 * k + 2}", models["lip"].mlp[0].in_features == 3 * k + 2),
+        ("eye", f"input {models['eye'].mlp[0].in_features}", f"{3 * k + 3}",
+         models["eye"].mlp[0].in_features == 3 * k + 3),
+        ("lip", f"input {models['lip'].mlp[0].in_features}", f"{3 * k + 2}",
+         models["lip"].mlp[0].in_features == 3 * k + 2),
     ]
     for name, seen, expected, ok in checks:
         if not ok:

@@ -19,7 +19,7 @@ version 10 (avatarcam.backends.export pins it); torch runtimes keep torch's 5-D 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
