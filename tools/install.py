@@ -107,11 +107,27 @@ def install_dev_tools() -> None:
     run(sudo + ["apt-get", "install", "-y", "-qq", *missing])
 
 
+def install_liveportrait() -> None:
+    """LivePortrait's published weights (MIT) into engines/pretrained_weights/liveportrait, sha256-checked against the
+    hub's own record (untested against huggingface.co: see avatarcam/generators/liveportrait/download.py)."""
+    sys.path.insert(0, str(ROOT))
+    from avatarcam.generators.liveportrait.download import download_liveportrait
+
+    folder = download_liveportrait(ROOT / "engines" / "pretrained_weights",
+                                   progress=lambda line: print(f"liveportrait: {line}"))
+    print(f"liveportrait: use it with `python run.py --model liveportrait --checkpoint {folder.relative_to(ROOT)}`")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dev", action="store_true", help="also install the test requirements, Xvfb and xdotool")
     parser.add_argument("--models", action="store_true", help="only fetch and verify the face landmark model")
+    parser.add_argument("--liveportrait", action="store_true",
+                        help="only fetch LivePortrait's weights (about 520 MB, MIT) into engines/pretrained_weights/")
     args = parser.parse_args()
+    if args.liveportrait:
+        install_liveportrait()
+        return
     if not args.models:
         install_packages(args.dev)
     install_model()

@@ -315,6 +315,8 @@ class LivePortraitReenactor:
         self.models = load_liveportrait(settings.checkpoint) if models is None else models
         self.runners = LivePortraitRuntime(models=self.models, settings=settings, hardware=hardware,
                                            log_line=log_line)
+        if not any(label.startswith("torch") for label in self.runners.labels.values()):
+            self.models = self.models.without_modules()  # the runtimes hold their own copies of the weights
         canvas = self.canvas_size
         self._input = np.empty((1, 3, INPUT_SIZE, INPUT_SIZE), np.float32)
         self._crop_bgr = np.empty((INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
