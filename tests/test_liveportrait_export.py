@@ -85,3 +85,13 @@ def test_full_size_graphs_equal_torch(tmp_path):
 
     models = random_full_size_models(seed=0)
     lx.ensure_exported(models, engines_dir=tmp_path)
+
+
+def test_registry_recipe_exports_through_the_backends_registry(tmp_path, monkeypatch, lp):
+    """The factories the generator registry will list: tiny weights by default, the export verified by the tool."""
+    from avatarcam.backends.models import EXPORTABLE_MODELS, export_registered
+
+    monkeypatch.delenv(lx.CHECKPOINT_ENV, raising=False)
+    monkeypatch.setitem(EXPORTABLE_MODELS, lx.STITCHING, lx.stitching_recipe)
+    exported, errors = export_registered(lx.STITCHING, out_dir=tmp_path)
+    assert exported.onnx_path == tmp_path / "lp_stitching.onnx" and max(errors.values()) < lx.VERIFY_ATOL[lx.STITCHING]

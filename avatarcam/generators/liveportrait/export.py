@@ -45,11 +45,17 @@ __all__ = [
     "RetargetingGraph",
     "StitchingGraph",
     "WarpGenerateGraph",
+    "appearance_recipe",
     "ensure_exported",
     "export_folder",
     "graph_io",
     "graph_module",
+    "motion_recipe",
+    "recipe",
+    "retargeting_recipe",
     "sample_inputs",
+    "stitching_recipe",
+    "warp_generate_recipe",
 ]
 
 log = logging.getLogger(__name__)
@@ -274,3 +280,62 @@ def onnx_grid_sample_ranks(onnx_path: Path | str) -> list[int]:
     for value in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
         ranks[value.name] = len(value.type.tensor_type.shape.dim)
     return [ranks.get(node.input[0], -1) for node in model.graph.node if node.op_type == "GridSample"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Registry factories (the export registry takes functions without arguments).
+# --------------------------------------------------------------------------------------------------------------------
+
+CHECKPOINT_ENV = "FACEMIMIC_LIVEPORTRAIT_CHECKPOINT"
+"""The weights folder the registry factories export; unset: the tiny random test weights (a smoke test only)."""
+
+
+def _registry_models() -> Any:
+    import os
+
+    from avatarcam.generators.liveportrait.checkpoint import load_liveportrait
+    from avatarcam.paths import PROJECT_ROOT
+
+    value = os.environ.get(CHECKPOINT_ENV, "").strip()
+    if value:
+        return load_liveportrait(value)
+    log.warning("%s is not set: exporting the random-weight tiny LivePortrait test model (a smoke test only); set it "
+                "to your pretrained_weights/liveportrait folder to export real weights", CHECKPOINT_ENV)
+    return load_liveportrait(PROJECT_ROOT / "tests" / "fixtures" / "liveportrait" / "tiny-weights")
+
+
+def recipe(name: str, models: Any = None) -> Any:
+    """backends.models.ExportRecipe of one graph (plugin-free sampler) for `models` (default: _registry_models())."""
+    from avatarcam.backends.models import ExportRecipe
+
+    models = _registry_models() if models is None else models
+    io = graph_io(models, name)
+    return ExportRecipe(module=graph_module(models, name, sampler="slices"),
+                        example_inputs=sample_inputs(models, name, np.random.default_rng(0)),
+                        output_names=io.output_names, make_inputs=lambda rng: sample_inputs(models, name, rng),
+                        atol=VERIFY_ATOL[name])
+
+
+def appearance_recipe() -> Any:
+    """Registry factory: lp_appearance of $FACEMIMIC_LIVEPORTRAIT_CHECKPOINT."""
+    return recipe(APPEARANCE)
+
+
+def motion_recipe() -> Any:
+    """Registry factory: lp_motion."""
+    return recipe(MOTION)
+
+
+def warp_generate_recipe() -> Any:
+    """Registry factory: lp_warp_generate."""
+    return recipe(WARP_GENERATE)
+
+
+def stitching_recipe() -> Any:
+    """Registry factory: lp_stitching."""
+    return recipe(STITCHING)
+
+
+def retargeting_recipe() -> Any:
+    """Registry factory: lp_retargeting."""
+    return recipe(RETARGETING)
