@@ -108,7 +108,7 @@ def test_relative_motion_step(ref):
     x_s = mo.transform_keypoint(source)
     new = np.concatenate([mo.relative_keypoints(source, d, initial) for d in rows])
     assert maxdiff(new, ref["anim_kp_new"]) < KEYPOINTS
-    multiplier = mo.motion_multiplier(x_s, new[:1])
+    multiplier = mo.motion_multiplier(x_s, new[:1])  # scipy's hull when installed, else exactly 1
     assert abs(multiplier - float(ref["anim_motion_multiplier"].reshape(-1)[0])) < 1e-5
     expr = x_s + (new - new[:1]) * np.float32(multiplier)
     assert maxdiff(expr, ref["anim_kp_expr"]) < KEYPOINTS

@@ -153,9 +153,13 @@ def relative_keypoints(source: KeypointInfo, driving: KeypointInfo, initial: Key
 def motion_multiplier(x_s: np.ndarray, x_d_0: np.ndarray) -> float:
     """The 'expression-friendly' multiplier sqrt(hull volume of x_s) / sqrt(hull volume of x_d_0) (scipy's hull).
 
-    In the relative path x_d_0 rebuilds x_s (R_0 R_0^T = I), so this is 1 up to rounding.
+    In the relative path x_d_0 rebuilds x_s (R_0 R_0^T = I), so this is 1 up to rounding (1 + 1e-7 on the fixture);
+    without scipy (not a FaceMimic requirement) it is taken as exactly 1.
     """
-    from scipy.spatial import ConvexHull
+    try:
+        from scipy.spatial import ConvexHull
+    except ImportError:
+        return 1.0
 
     return float(np.sqrt(ConvexHull(x_s.reshape(-1, 3)).volume) / np.sqrt(ConvexHull(x_d_0.reshape(-1, 3)).volume))
 
