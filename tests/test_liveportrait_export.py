@@ -84,7 +84,11 @@ def test_full_size_graphs_equal_torch(tmp_path):
     from avatarcam.generators.liveportrait.reenactor import random_full_size_models
 
     models = random_full_size_models(seed=0)
-    lx.ensure_exported(models, engines_dir=tmp_path)
+    lines: list[str] = []
+    paths = lx.ensure_exported(models, engines_dir=tmp_path, log_line=lines.append)  # EngineError past VERIFY_ATOL
+    assert set(paths) == set(lx.GRAPH_NAMES) and all(p.is_file() for p in paths.values())
+    assert sum("exported; max abs error vs torch" in line for line in lines) == len(lx.GRAPH_NAMES)
+    assert lx.onnx_grid_sample_ranks(paths[lx.WARP_GENERATE]) == [4, 4]
 
 
 def test_registry_recipe_exports_through_the_backends_registry(tmp_path, monkeypatch, lp):
