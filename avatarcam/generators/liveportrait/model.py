@@ -560,7 +560,8 @@ class SPADEResBlock(nn.Module):
 
 
 class SPADEDecoder(nn.Module):
-    """G: warped feature (B, C, 64, 64) -> image (B, 3, 64*4*upscale/2...) in (0, 1); 512x512 for the published G."""
+    """G: warped feature (B, C, h, w) -> image (B, 3, 4h * u, 4w * u) in (0, 1), u = 2 with the PixelShuffle head
+    (upscale 2, published: 64x64 -> 512x512) and 1 without it."""
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
