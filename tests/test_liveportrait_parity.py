@@ -150,8 +150,9 @@ def test_eye_and_lip_retargeting(lp, ref):
     assert maxdiff(swapped.reshape(1, -1, 3), ref["eye_delta"][:1]) > 100 * MLP
 
 
-@pytest.mark.parametrize("sampler", ["torch", "slices"])
+@pytest.mark.parametrize("sampler", ["torch", pytest.param("slices", marks=pytest.mark.heavy)])
 def test_warping_module_on_the_stored_keypoints(lp, ref, sampler):
+    """The 'slices' sampler is also covered by default through the ONNX graph (test_liveportrait_export.py)."""
     from avatarcam.generators.liveportrait.model import set_sampler
 
     set_sampler(lp.warping, sampler)
