@@ -203,7 +203,7 @@ def sample_inputs(models: Any, name: str, rng: np.random.Generator) -> dict[str,
     """Plausible random inputs of one graph: images in [0, 1], keypoints like a motion extractor's (about +-0.7,
     driving = source plus a small motion), feature volumes of order 1, eye/lip ratios in their ranges."""
     io = graph_io(models, name)
-    shapes = {s.name: tuple(s.shape) for s in io.inputs}
+    shapes = {s.name: tuple(int(d or 1) for d in s.shape or ()) for s in io.inputs}
     feed: dict[str, np.ndarray] = {}
     for n, shape in shapes.items():
         if n in ("image", "source_image"):

@@ -366,18 +366,14 @@ class Hourglass3d(nn.Module):
         def width(i: int) -> int:
             return min(max_features, block_expansion * 2**i)
 
-        self.encoder = nn.Module()
-        self.encoder.down_blocks = nn.ModuleList(
+        self.out_filters = block_expansion + in_features
+        self.encoder = _HourglassEncoder(nn.ModuleList(
             ConvNormAct3d(in_features if i == 0 else width(i), width(i + 1), mode="down") for i in range(num_blocks)
-        )
-        self.decoder = nn.Module()
-        self.decoder.up_blocks = nn.ModuleList(
+        ))
+        self.decoder = _HourglassDecoder(nn.ModuleList(
             ConvNormAct3d((1 if i == num_blocks - 1 else 2) * width(i + 1), width(i), mode="up")
             for i in reversed(range(num_blocks))
-        )
-        self.out_filters = block_expansion + in_features
-        self.decoder.conv = nn.Conv3d(self.out_filters, self.out_filters, 3, padding=1)
-        self.decoder.norm = nn.BatchNorm3d(self.out_filters)
+        ), self.out_filters)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = [x]
@@ -387,6 +383,24 @@ class Hourglass3d(nn.Module):
         for block in self.decoder.up_blocks:
             out = torch.cat([block(out), skips.pop()], dim=1)
         return F.relu(self.decoder.norm(self.decoder.conv(out)))
+
+
+class _HourglassEncoder(nn.Module):
+    """Holds the encoder's down blocks (keys encoder.down_blocks.*)."""
+
+    def __init__(self, down_blocks: nn.ModuleList) -> None:
+        super().__init__()
+        self.down_blocks = down_blocks
+
+
+class _HourglassDecoder(nn.Module):
+    """Holds the decoder's up blocks and its final conv + norm (keys decoder.up_blocks.*, decoder.conv, .norm)."""
+
+    def __init__(self, up_blocks: nn.ModuleList, channels: int) -> None:
+        super().__init__()
+        self.up_blocks = up_blocks
+        self.conv = nn.Conv3d(channels, channels, 3, padding=1)
+        self.norm = nn.BatchNorm3d(channels)
 
 
 class DenseMotionNetwork(nn.Module):
@@ -502,6 +516,9 @@ class SpectralNormConv2d(nn.Module):
     Keys (in order): bias (if any), weight_orig, weight_u, weight_v, as torch.nn.utils.spectral_norm leaves them.
     """
 
+    weight_u: torch.Tensor
+    weight_v: torch.Tensor
+
     def __init__(self, cin: int, cout: int, kernel: int, *, bias: bool = True) -> None:
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(cout)) if bias else None
@@ -572,6 +589,7 @@ class SPADEDecoder(nn.Module):
             setattr(self, f"G_middle_{i}", SPADEResBlock(2 * c, 2 * c, c, hid))
         self.up_0 = SPADEResBlock(2 * c, c, c, hid)
         self.up_1 = SPADEResBlock(c, config.out_channels, c, hid)
+        self.conv_img: nn.Module
         if config.upscale > 1:
             self.conv_img = nn.Sequential(nn.Conv2d(config.out_channels, 3 * 4, 3, padding=1), nn.PixelShuffle(2))
         else:

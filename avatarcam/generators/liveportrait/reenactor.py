@@ -33,6 +33,7 @@ FaceMimic's controls, LivePortrait-style:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -247,7 +248,7 @@ class LivePortraitRuntime:
             for name in lx.GRAPH_NAMES:
                 spec = ModelSpec(
                     name=name, onnx_path=paths.get(name, folder / f"{name}.onnx"),
-                    torch_module=lambda n=name: lx.graph_module(models, n, sampler="torch"),
+                    torch_module=functools.partial(lx.graph_module, models, name, sampler="torch"),
                     io=lx.graph_io(models, name), cpu_runtime=settings.cpu_runtimes[name],
                     precision=settings.tensorrt_precisions[name], engines_dir=folder,
                 )
@@ -385,7 +386,7 @@ class LivePortraitReenactor:
             image = read_image(avatar.path) if avatar.path is not None and Path(avatar.path).is_file() else canvas
             crop_bgr = _resize_like_liveportrait(image)
             rest = _resize(image, canvas_size)
-            crop_to_canvas = alpha = None
+            crop_to_canvas, alpha = None, None
         source = _bgr_to_model(crop_bgr, np.empty((1, 3, size, size), np.float32))
         info = self.runners.motion(source)
         f_s = np.array(self.runners.appearance(source))
@@ -432,6 +433,8 @@ class LivePortraitReenactor:
             crop_bgr[...] = _resize_like_liveportrait(frame_bgr)
             _bgr_to_model(crop_bgr, image)
             return None
+        if observed.face is None:
+            raise FaceMimicError("LivePortrait crop needs the driver's face landmarks; this frame has none")
         box = face_box(observed.face.points_px)
         if time_s is not None:
             box = self._tracker(box, time_s)
@@ -458,16 +461,16 @@ class LivePortraitReenactor:
     def driven_keypoints(self, prepared: LivePortraitPrepared, driving: mo.KeypointInfo,
                          neutral: LivePortraitNeutral, ratios: np.ndarray | None) -> np.ndarray:
         """(1, K, 3) keypoints before stitching: relative motion, then eye/lip retargeting (see module docstring)."""
-        retarget = self.settings.crop and self.settings.retargeting and ratios is not None \
-            and prepared.ratios is not None and neutral.ratios is not None
-        gains = self._motion.gains(prepared.x_s.shape[1], retargeting=retarget)
+        c_s, c_0 = prepared.ratios, neutral.ratios
+        retarget = self.settings.crop and self.settings.retargeting
+        measured = ratios is not None and c_s is not None and c_0 is not None
+        gains = self._motion.gains(prepared.x_s.shape[1], retargeting=retarget and measured)
         x_0, multiplier = self._reference_for(prepared, neutral, gains)
         x_d = mo.relative_keypoints(prepared.info, driving, neutral.info, gains)
         x_d = prepared.x_s + (x_d - x_0) * np.float32(multiplier)
-        if retarget:
+        if retarget and ratios is not None and c_s is not None and c_0 is not None:
             s = self._motion.settings
-            c_s = prepared.ratios
-            change = ratios / np.maximum(neutral.ratios, 1e-3)  # the driver's opening relative to its neutral
+            change = ratios / np.maximum(c_0, 1e-3)  # the driver's opening relative to its neutral
             eye_target = float(c_s[:2].mean()) * (1 + s.intensity.get("eyes", 1.0) * (float(change[:2].mean()) - 1))
             lip_target = float(c_s[2]) * (1 + s.intensity.get("mouth", 1.0) * (float(change[2]) - 1))
             eye_in = np.array([[c_s[0], c_s[1], max(0.0, eye_target)], [c_s[0], c_s[1], c_s[:2].mean()]], np.float32)
@@ -530,6 +533,7 @@ class LivePortraitReenactor:
                 bgr = cv2.resize(bgr, (self.canvas_size, self.canvas_size), interpolation=cv2.INTER_AREA)
             out[...] = bgr
             return
+        assert prepared.alpha is not None and prepared.rest_weight is not None  # set together with crop_to_canvas
         warped = cv2.warpAffine(bgr, prepared.crop_to_canvas, (self.canvas_size, self.canvas_size),
                                 flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         cv2.blendLinear(warped, prepared.rest_canvas_bgr, prepared.alpha, prepared.rest_weight, dst=out)
@@ -616,8 +620,9 @@ def random_full_size_models(seed: int = 0) -> Any:
     with torch.no_grad():
         for module in nets["spade_generator"].modules():
             if isinstance(module, m.SpectralNormConv2d):
-                torch.nn.init.kaiming_uniform_(module.weight_orig, a=math.sqrt(5))
-                w = module.weight_orig.reshape(module.weight_orig.shape[0], -1)
+                weight = module.weight_orig
+                torch.nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+                w = weight.reshape(weight.shape[0], -1)
                 v = torch.randn(w.shape[1])
                 for _ in range(3):  # a few power iterations, as training leaves u and v
                     u = torch.nn.functional.normalize(w @ v, dim=0)
