@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("--avatar", help="avatar name, 1-based index, or image path (avatars.default)")
     av.add_argument("--avatars-folder", help="folder of avatar images (avatars.folder)")
     av.add_argument("--model", choices=tuple(GENERATORS), help="generator (generator.model)")
-    av.add_argument("--checkpoint", help="FOMM checkpoint, e.g. vox-adv-cpk.pth.tar (generator.checkpoint)")
+    av.add_argument("--checkpoint", help="FOMM checkpoint (vox-adv-cpk.pth.tar) or LivePortrait weights folder "
+                    "(generator.checkpoint)")
     av.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"),
                     help="inference runtime (generator.backend)")
     av.add_argument("--no-crop", action="store_true", help="FOMM: use frames as given, no face crop")

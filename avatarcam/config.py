@@ -93,10 +93,11 @@ class GeneratorConfig:
                           "capped at canvas_size / 4)",
                           choices=(64, 96, 128, 160, 192))
     mouth_interior: bool = _key(True, "mesh: draw teeth and a mouth cavity when the mouth opens")
-    checkpoint: str | None = _key(None, "fomm: path to vox-adv-cpk.pth.tar or vox-cpk.pth.tar")
+    checkpoint: str | None = _key(None, "fomm: path to vox-adv-cpk.pth.tar or vox-cpk.pth.tar; liveportrait: the "
+                                  "weights folder (pretrained_weights/liveportrait)")
     backend: str = _key("auto", "inference runtime for model-based generators",
                         choices=("auto", "tensorrt", "onnxruntime", "torch"))
-    crop: bool = _key(True, "fomm: crop the driver's face from the frame (false: use frames as they are)")
+    crop: bool = _key(True, "fomm, liveportrait: crop the driver's face from the frame (false: use frames as they are)")
 
 
 @dataclass(frozen=True)

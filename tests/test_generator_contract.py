@@ -21,11 +21,13 @@ from avatarcam.types import Frame, Observed
 from tests.conftest import D12, FIXTURES
 
 TINY_FOMM = FIXTURES / "fomm" / "tiny-checkpoint.pth.tar"
+TINY_LIVEPORTRAIT = FIXTURES / "liveportrait" / "tiny-weights"
 
 # What each family needs beyond the defaults to run here: torch keeps FOMM from exporting into engines/.
 CONTRACT_OVERRIDES = {
     "mesh": {"generator.backend": "auto"},
     "fomm": {"generator.checkpoint": str(TINY_FOMM), "generator.backend": "torch"},
+    "liveportrait": {"generator.checkpoint": str(TINY_LIVEPORTRAIT), "generator.backend": "torch"},
 }
 
 
@@ -116,7 +118,7 @@ def test_names_come_from_the_registry_everywhere():
 
 
 def test_an_unknown_generator_lists_the_registered_ones():
-    with pytest.raises(ConfigError, match="'liveportrait' is not one of mesh, fomm"):
-        family("liveportrait")
+    with pytest.raises(ConfigError, match="'swap' is not one of mesh, fomm, liveportrait"):
+        family("swap")
     with pytest.raises(ConfigError, match="generator.model"):
-        load_config(None, {"generator.model": "liveportrait"})
+        load_config(None, {"generator.model": "swap"})

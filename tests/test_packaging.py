@@ -52,7 +52,7 @@ def test_the_facemimic_command_is_run_py():
 
 # gpu_check.py runs on a borrowed GPU machine where the tree is copied but nothing is pip-installed (no network,
 # no build step), so it alone puts the checkout on sys.path.
-RUNS_UNINSTALLED = {"gpu_check.py"}
+RUNS_UNINSTALLED = {"gpu_check.py", "gpu_check_liveportrait.py"}
 
 
 def test_tools_import_the_installed_package_and_the_installer_imports_none_of_it():

@@ -146,6 +146,10 @@ def measure_avatar_switches(worker, store, switches: int = 8) -> list[float]:
     return worker.switch_ms[-switches:]
 
 
+NEURAL_BENCHMARKS = {"fomm": "bench_fomm.py", "liveportrait": "bench_liveportrait.py"}
+"""--model -> the tool that benchmarks that neural generator per runtime."""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -159,14 +163,15 @@ def main() -> int:
                         choices=("auto", "tensorrt", "onnxruntime", "torch"),
                         help="generator runtimes to compare (auto = the fastest on this machine)")
     parser.add_argument("--model", choices=tuple(GENERATORS), default="mesh",
-                        help="fomm: run tools/bench_fomm.py (per-runtime ms per frame, switch time, memory)")
-    parser.add_argument("--checkpoint", type=Path, help="with --model fomm: a real checkpoint (default: random "
-                        "vox-256 weights, fine for timing)")
+                        help="fomm / liveportrait: run tools/bench_fomm.py / tools/bench_liveportrait.py "
+                        "(per-runtime ms per frame, switch time, memory)")
+    parser.add_argument("--checkpoint", type=Path, help="with --model fomm or liveportrait: real weights (default: "
+                        "random weights of the published shapes, fine for timing)")
     parser.add_argument("--child", nargs=3, metavar=("SIZE", "CAMERA_FPS", "BACKEND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.model == "fomm":
-        cmd = [sys.executable, str(Path(__file__).with_name("bench_fomm.py")),
-               "--json", str(args.json or Path("bench-fomm.json"))]
+    if args.model in NEURAL_BENCHMARKS:
+        cmd = [sys.executable, str(Path(__file__).with_name(NEURAL_BENCHMARKS[args.model])),
+               "--json", str(args.json or Path(f"bench-{args.model}.json"))]
         if args.checkpoint:
             cmd += ["--checkpoint", str(args.checkpoint)]
         return subprocess.call(cmd)

@@ -114,18 +114,34 @@ def install_dev_tools() -> None:
     run(sudo + ["apt-get", "install", "-y", "-qq", *missing])
 
 
+def install_liveportrait() -> None:
+    """LivePortrait's published weights (MIT) into engines/pretrained_weights/liveportrait, sha256-checked against the
+    hub's own record (untested against huggingface.co: see avatarcam/generators/liveportrait/download.py). Runs in
+    a child process: this script imports nothing of avatarcam, which install_packages() has installed by now."""
+    code = ("import sys; from pathlib import Path; "
+            "from avatarcam.generators.liveportrait.download import download_liveportrait; "
+            "folder = download_liveportrait(Path(sys.argv[1]), progress=lambda line: print('liveportrait:', line)); "
+            "print(f'liveportrait: use it with `python run.py --model liveportrait --checkpoint {folder}`')")
+    run([sys.executable, "-c", code, str(ROOT / "engines" / "pretrained_weights")])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dev", action="store_true", help="also install the test requirements, Xvfb and xdotool")
     parser.add_argument("--models", action="store_true", help="only fetch and verify the face landmark model")
     parser.add_argument("--torch", action="store_true",
                         help="also install torch (about 0.85 GB): FOMM and the mesh warp on a GPU need it")
+    parser.add_argument("--liveportrait", action="store_true",
+                        help="also install torch and fetch LivePortrait's weights (about 520 MB, MIT) into "
+                        "engines/pretrained_weights/")
     args = parser.parse_args()
     if not args.models:
-        install_packages(args.dev, args.torch)
+        install_packages(args.dev, args.torch or args.liveportrait)
     install_model()
     if args.dev and not args.models:
         install_dev_tools()
+    if args.liveportrait:
+        install_liveportrait()
     print("FaceMimic is installed.")
 
 

@@ -195,7 +195,7 @@ def torch_worker(config: dict, paths: dict[str, str], out: Path) -> None:
     torch.set_num_threads(config["threads"])
     torch.backends.mkldnn.enabled = config["mkldnn"]
     torch.use_deterministic_algorithms(config["deterministic"])
-    from fomm_parity import run_sequence  # tools/ is the script's own folder on sys.path
+    from fomm_parity import run_sequence  # a sibling tool: a script runs with its own folder importable
 
     from avatarcam.generators.fomm import export as fx
     from avatarcam.generators.fomm.checkpoint import load_fomm_checkpoint

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--neutral-frame", type=int, default=0, help="driver frame taken as the neutral pose")
     parser.add_argument("--side-by-side", action="store_true", help="driver and avatar next to each other")
     parser.add_argument("--model", choices=tuple(GENERATORS), help="generator (default: config.yaml)")
-    parser.add_argument("--checkpoint", help="FOMM checkpoint (with --model fomm)")
+    parser.add_argument("--checkpoint",
+                        help="FOMM checkpoint or LivePortrait weights folder (with --model fomm or liveportrait)")
     parser.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"))
     parser.add_argument("--no-crop", action="store_true",
                         help="FOMM: use frames and avatar as given, resized to the model size (256 for vox)")

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import DEFAULT_AVATAR, DEFAULT_CLIP, current_rss_mb  # tools/ is the script's own folder on sys.path
+from bench import DEFAULT_AVATAR, DEFAULT_CLIP, current_rss_mb  # a sibling tool: a script runs with its own folder importable
 
 ROOT = Path(__file__).resolve().parent.parent
 

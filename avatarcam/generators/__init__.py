@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from avatarcam.errors import ConfigError
-from avatarcam.generators import fomm, mesh
+from avatarcam.generators import fomm, liveportrait, mesh
 from avatarcam.generators.base import GeneratorFamily, GeneratorSections, Reenactor
 from avatarcam.paths import ENGINES_DIR
 
 GENERATORS: dict[str, GeneratorFamily] = {
     "mesh": mesh.FAMILY,
     "fomm": fomm.FAMILY,
+    "liveportrait": liveportrait.FAMILY,
 }
 """Generator name -> family, in the order the documentation lists them."""
 
