@@ -97,6 +97,11 @@ class GeneratorConfig:
     backend: str = _key("auto", "inference runtime for model-based generators",
                         choices=("auto", "tensorrt", "onnxruntime", "torch"))
     crop: bool = _key(True, "fomm: crop the driver's face from the frame (false: use frames as they are)")
+    fomm_size: int | None = _key(None, "fomm: side of the model's square input in pixels; null: fomm_config's "
+                                 "frame_shape, else 256 (what FOMM's demo and Avatarify use for every checkpoint)",
+                                 low=32, high=2048)
+    fomm_config: str | None = _key(None, "fomm: FOMM's own YAML config (e.g. first-order-model/config/"
+                                   "vox-adv-256.yaml): model_params and frame_shape; null: inferred from the checkpoint")
 
 
 @dataclass(frozen=True)

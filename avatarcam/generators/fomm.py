@@ -309,7 +309,9 @@ class FommSettings:
     canvas_size: int = 512
     engines_dir: Path = ENGINES_DIR
     image_size: int | None = None
-    """Side of the model's square input; None: 256 for released checkpoints (see fomm_export.default_image_size)."""
+    """Side of the model's square input (generator.fomm_size); None: fomm_config's frame_shape, else 256."""
+    fomm_config: Path | None = None
+    """FOMM's own YAML (generator.fomm_config), e.g. first-order-model/config/vox-adv-256.yaml; None: from shapes."""
     cpu_runtimes: dict[str, str] = field(default_factory=lambda: dict(CPU_RUNTIMES))
     tensorrt_precisions: dict[str, str] = field(default_factory=lambda: dict(TENSORRT_PRECISIONS))
 
@@ -520,6 +522,14 @@ class FommRuntime:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _project_path(value: str | Path | None) -> Path | None:
+    """A user-given path as given (~ expanded), else relative to the project folder; None stays None."""
+    if value is None or not str(value).strip():
+        return None
+    path = Path(str(value)).expanduser()
+    return PROJECT_ROOT / path if not path.is_absolute() and not path.exists() else path
+
+
 def resolve_checkpoint(value: str | Path | None) -> Path:
     """The checkpoint path from generator.checkpoint: as given (~ expanded), else relative to the project folder."""
     if value is None or not str(value).strip():
@@ -527,9 +537,8 @@ def resolve_checkpoint(value: str | Path | None) -> Path:
             "generator.model is fomm but generator.checkpoint is not set: point it at your FOMM checkpoint, e.g. "
             f"`--checkpoint ~/avatarify/vox-adv-cpk.pth.tar`. {_NOT_SHIPPED}"
         )
-    path = Path(str(value)).expanduser()
-    if not path.is_absolute() and not path.exists():
-        path = PROJECT_ROOT / path
+    path = _project_path(value)
+    assert path is not None
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise ModelFileError(
@@ -551,7 +560,8 @@ class FommReenactor:
         self.settings = settings
         self.canvas_size = settings.canvas_size
         self.motion = FommMotionControls(motion)
-        self.models = load_fomm_models(resolve_checkpoint(settings.checkpoint), image_size=settings.image_size)
+        self.models = load_fomm_models(resolve_checkpoint(settings.checkpoint), image_size=settings.image_size,
+                                       fomm_config=settings.fomm_config)
         self.image_size = self.models.image_size
         self.runners = FommRuntime(models=self.models, settings=settings, hardware=hardware, log_line=log_line)
         if not any(label.startswith("torch") for label in self.runners.labels.values()):
@@ -806,7 +816,7 @@ class FommReenactor:
 
 
 def build_fomm_reenactor(config: Any, *, hardware: Any = None) -> FommReenactor:
-    """The FOMM reenactor for config.generator (checkpoint, backend, crop, canvas_size) and config.motion."""
+    """The FOMM reenactor for config.generator (checkpoint, backend, crop, canvas_size, fomm_*) and config.motion."""
     g, m = config.generator, config.motion
     motion = MotionSettings(
         intensity=dict(vars(m.intensity)), head_rotation=m.head_rotation, head_translation=m.head_translation,
@@ -815,5 +825,6 @@ def build_fomm_reenactor(config: Any, *, hardware: Any = None) -> FommReenactor:
     )
     settings = FommSettings(
         checkpoint=resolve_checkpoint(g.checkpoint), backend=g.backend, crop=g.crop, canvas_size=g.canvas_size,
+        image_size=g.fomm_size, fomm_config=_project_path(g.fomm_config),
     )
     return FommReenactor(settings=settings, motion=motion, hardware=hardware)

@@ -283,13 +283,19 @@ class FommConfig:
             multiple = math.lcm(multiple, round(2**blocks / scale))
         return multiple
 
+    def allowed_image_sizes(self, up_to: int = 1024) -> list[int]:
+        """The square input sizes (pixels) this model accepts, up to `up_to`: the multiples of image_size_multiple."""
+        m = self.image_size_multiple
+        return list(range(m, max(up_to, m) + 1, m))
+
     def check_image_size(self, height: int, width: int) -> None:
         """Raise ConfigError unless an input of height x width pixels fits this model."""
         m = self.image_size_multiple
         if height % m or width % m or height < m or width < m:
+            allowed = ", ".join(map(str, self.allowed_image_sizes()))
             raise ConfigError(
                 f"image size {width}x{height}: this FOMM model needs width and height that are positive multiples "
-                f"of {m} (vox-256 is trained at 256x256); resize or crop the avatar and the driving frames"
+                f"of {m} ({allowed}, ...; FOMM's demo and Avatarify use 256x256); choose one of those sizes"
             )
 
 
