@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from avatarcam.avatars import Avatar, read_image
-from avatarcam.errors import ConfigError, FaceMimicError, ModelFileError
+from avatarcam.errors import ConfigError, EngineError, FaceMimicError, ModelFileError
 from avatarcam.filters import OneEuroFilter
 from avatarcam.motion import MotionSettings
 from avatarcam.paths import ENGINES_DIR, PROJECT_ROOT
@@ -94,6 +94,11 @@ TENSORRT_PRECISIONS = {
     "fomm_source_encoder": "fp16",
     "fomm_frame_generator": "fp16",
 }
+
+# generator.fomm_precision: fp32 is the exact port everywhere; bf16 runs the CPU frame generator's convolution stacks
+# in bfloat16 (fomm_fast, CPUs with native bf16 only); auto picks bf16 when the frame generator runs on a CPU that has
+# it and fp32 otherwise (GPUs use TENSORRT_PRECISIONS).
+PRECISIONS = ("auto", "fp32", "bf16")
 
 _NOT_SHIPPED = (
     "Avatarify users usually have vox-adv-cpk.pth.tar (or vox-cpk.pth.tar) in their avatarify folder; FaceMimic never "
@@ -312,6 +317,9 @@ class FommSettings:
     """Side of the model's square input (generator.fomm_size); None: fomm_config's frame_shape, else 256."""
     fomm_config: Path | None = None
     """FOMM's own YAML (generator.fomm_config), e.g. first-order-model/config/vox-adv-256.yaml; None: from shapes."""
+    precision: str = "auto"
+    """Frame generator on CPU (generator.fomm_precision): fp32 (exact), bf16 (fomm_fast), auto (bf16 if native and
+    backend is auto)."""
     cpu_runtimes: dict[str, str] = field(default_factory=lambda: dict(CPU_RUNTIMES))
     tensorrt_precisions: dict[str, str] = field(default_factory=lambda: dict(TENSORRT_PRECISIONS))
 
@@ -320,6 +328,15 @@ class FommSettings:
 
         if self.backend not in BACKEND_CHOICES:
             raise ConfigError(f"generator.backend {self.backend!r} is not one of {', '.join(BACKEND_CHOICES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"generator.fomm_precision {self.precision!r} is not one of {', '.join(PRECISIONS)}"
+            )
+        if self.precision == "bf16" and self.backend not in ("auto", "torch"):
+            raise ConfigError(
+                f"generator.fomm_precision bf16 runs the frame generator on torch, but generator.backend is "
+                f"{self.backend!r}: use backend auto or torch, or fomm_precision fp32 / auto"
+            )
         if self.canvas_size < 64:
             raise ConfigError(f"generator.canvas_size {self.canvas_size} is too small: expected at least 64")
         tables = (("cpu_runtimes", self.cpu_runtimes), ("tensorrt_precisions", self.tensorrt_precisions))
@@ -417,13 +434,15 @@ class FommMotionControls:
 class _LockedRunner:
     """A runner shared by the render, avatar-loading and hotkey threads: one call at a time, outputs copied."""
 
-    def __init__(self, runner: Any) -> None:
+    def __init__(self, runner: Any, *, precision: str = "") -> None:
         self.runner = runner
+        self.precision = precision
         self._lock = threading.Lock()
 
     @property
     def label(self) -> str:
-        return self.runner.label
+        """The runner's label, plus '-bf16' for the reduced-precision frame generator."""
+        return f"{self.runner.label}-{self.precision}" if self.precision else self.runner.label
 
     def run(self, inputs: dict[str, np.ndarray], *, copy: bool = True) -> dict[str, np.ndarray]:
         with self._lock:
@@ -448,6 +467,49 @@ def _needs_onnx(requested: str, cpu_runtime: str, hardware: Any) -> bool:
     return gpu or cpu_runtime == "onnxruntime"
 
 
+def _gpu_runs(requested: str, hardware: Any) -> bool:
+    """Whether backend `requested` puts the models on a GPU here."""
+    if requested == "tensorrt":
+        return True
+    if requested == "onnxruntime":
+        return hardware.cuda_available and hardware.onnxruntime_cuda
+    if requested == "torch":
+        return hardware.cuda_available and hardware.torch_cuda
+    return hardware.cuda_available and (
+        (hardware.tensorrt_version is not None and hardware.torch_cuda) or hardware.onnxruntime_cuda
+        or hardware.torch_cuda
+    )
+
+
+def generator_precision(settings: FommSettings, hardware: Any, log_line: Callable[[str], None] = log.info) -> str:
+    """'bf16' if the frame generator runs fomm_fast's bf16 path on this CPU, else 'fp32'; see FommSettings.precision.
+
+    auto means bf16 only for backend auto on a CPU with native bf16 (else fp32, saying why when the CPU is the reason);
+    an explicit bf16 that cannot run natively is an EngineError with the reason and the fix.
+    """
+    from avatarcam.generators.fomm_fast import bf16_native
+
+    if settings.precision == "fp32":
+        return "fp32"
+    if settings.precision == "auto" and (settings.backend != "auto" or _gpu_runs(settings.backend, hardware)):
+        return "fp32"  # a named backend runs the exported fp32 graphs, as it always did
+    if _gpu_runs(settings.backend, hardware):
+        raise EngineError(
+            f"generator.fomm_precision bf16 is a CPU path, but backend {settings.backend!r} runs on the GPU here: "
+            f"use fomm_precision auto (TensorRT fp16 / CUDA) or backend onnxruntime on CPU with fp32"
+        )
+    usable, reason = bf16_native()
+    if usable:
+        log_line(f"fomm_frame_generator: bf16 on CPU ({reason}); --fomm-precision fp32 gives the exact path")
+        return "bf16"
+    if settings.precision == "bf16":
+        raise EngineError(
+            f"generator.fomm_precision bf16 was requested but {reason}: use fomm_precision auto or fp32 on this CPU"
+        )
+    log_line(f"fomm_frame_generator: fp32 ({reason})")
+    return "fp32"
+
+
 class FommRuntime:
     """The three FOMM models of one checkpoint, each opened on its selected runtime."""
 
@@ -459,8 +521,10 @@ class FommRuntime:
 
         hardware = detect_hardware() if hardware is None else hardware
         ios = fx.model_io(models)
+        self.precision = generator_precision(settings, hardware, log_line)
+        fast = {fx.FRAME_GENERATOR} if self.precision == "bf16" else set()
         needs = tuple(n for n in fx.MODEL_NAMES
-                      if _needs_onnx(settings.backend, settings.cpu_runtimes[n], hardware))
+                      if n not in fast and _needs_onnx(settings.backend, settings.cpu_runtimes[n], hardware))
         paths = {}
         if needs:
             paths = fx.ensure_exported(models, engines_dir=settings.engines_dir, names=needs, log_line=log_line)
@@ -468,6 +532,10 @@ class FommRuntime:
         runners: dict[str, _LockedRunner] = {}
         try:
             for name in fx.MODEL_NAMES:
+                if name in fast:
+                    runners[name] = _LockedRunner(_open_bf16_generator(models, ios[name]), precision="bf16")
+                    log_line(f"{name}: using torch-cpu-bf16")
+                    continue
                 spec = ModelSpec(
                     name=name,
                     onnx_path=paths.get(name, folder / f"{name}.onnx"),
@@ -528,6 +596,18 @@ def _project_path(value: str | Path | None) -> Path | None:
         return None
     path = Path(str(value)).expanduser()
     return PROJECT_ROOT / path if not path.is_absolute() and not path.exists() else path
+
+
+def _open_bf16_generator(models: Any, io: Any) -> Any:
+    """An open TorchRunner of fomm_fast.FommFastFrameGenerator for the models' generator (CPU)."""
+    from avatarcam.backends.torch_runner import TorchRunner
+    from avatarcam.generators import fomm_export as fx
+    from avatarcam.generators.fomm_fast import FommFastFrameGenerator
+
+    def build() -> Any:
+        return FommFastFrameGenerator(models.generator)
+
+    return TorchRunner(module=build, io=io, device="cpu", name=fx.FRAME_GENERATOR).open()
 
 
 def resolve_checkpoint(value: str | Path | None) -> Path:
@@ -825,6 +905,6 @@ def build_fomm_reenactor(config: Any, *, hardware: Any = None) -> FommReenactor:
     )
     settings = FommSettings(
         checkpoint=resolve_checkpoint(g.checkpoint), backend=g.backend, crop=g.crop, canvas_size=g.canvas_size,
-        image_size=g.fomm_size, fomm_config=_project_path(g.fomm_config),
+        image_size=g.fomm_size, fomm_config=_project_path(g.fomm_config), precision=g.fomm_precision,
     )
     return FommReenactor(settings=settings, motion=motion, hardware=hardware)

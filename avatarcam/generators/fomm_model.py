@@ -671,6 +671,14 @@ class FommGenerator(nn.Module):
         deformation, occlusion_map, mask = self.dense_motion_network(
             source_image, kp_source_value, kp_source_jacobian, kp_driving_value, kp_driving_jacobian
         )
+        out = self.bottleneck(self.warped_features(source_features, deformation, occlusion_map))
+        for block in self.up_blocks:
+            out = block(out)
+        prediction = torch.sigmoid(self.final(out))
+        return prediction, occlusion_map, mask, deformation
+
+    def warped_features(self, source_features: Tensor, deformation: Tensor, occlusion_map: Tensor) -> Tensor:
+        """The bottleneck's input: the encoding warped by the deformation and multiplied by the occlusion map."""
         warp, visibility = deformation, occlusion_map
         if self.resize_motion:
             size = source_features.shape[2:]
@@ -679,11 +687,7 @@ class FommGenerator(nn.Module):
         out = F.grid_sample(
             source_features, warp, mode="bilinear", padding_mode="zeros", align_corners=self.align_corners
         )
-        out = self.bottleneck(out * visibility)
-        for block in self.up_blocks:
-            out = block(out)
-        prediction = torch.sigmoid(self.final(out))
-        return prediction, occlusion_map, mask, deformation
+        return out * visibility
 
     @torch.no_grad()
     def generate(self, source_image: Tensor, kp_source: FommKeypoints, kp_driving: FommKeypoints) -> FommFrameOutput:
