@@ -90,6 +90,8 @@ def test_batch_norm_folding_is_exact_algebra(tiny_frames):
         up = fomm_fast._folded(generator.up_blocks[0])
         assert isinstance(up.norm, torch.nn.Identity)
         assert float((up(out) - generator.up_blocks[0](out)).abs().max()) <= 1e-4
+        transposed = fomm_fast.UpsampleConvReLU(up)
+        assert float((transposed(out) - generator.up_blocks[0](out)).abs().max()) <= 1e-4
         # Without folding, dropping the batch norms changes the answer completely.
         unfolded = fomm_fast._folded(generator.up_blocks[0])
         unfolded.conv = generator.up_blocks[0].conv

@@ -390,6 +390,55 @@ def compare_with_original(original_path: Path, checkpoint: Path, driver: Path, a
     return result
 
 
+def profile_generator(checkpoint: Path, avatar: Path, repeats: int = 5) -> dict:
+    """Per-stage ms of the frame generator, exact float32 port against the bf16 path, stages alternating (minimum
+    and median over `repeats`): dense motion, feature warp, bottleneck, up blocks, final conv + sigmoid."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from avatarcam.generators.fomm_export import load_fomm_models
+    from avatarcam.generators.fomm_fast import FommFastFrameGenerator
+
+    models = load_fomm_models(checkpoint)
+    exact = models.generator
+    fast = FommFastFrameGenerator(exact, models.image_size)
+    bgr = cv2.resize(cv2.imread(str(avatar)), (models.image_size,) * 2, interpolation=cv2.INTER_AREA)
+    source = torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1].transpose(2, 0, 1))[None].astype(np.float32) / 255)
+    low = {"dtype": torch.bfloat16, "memory_format": torch.channels_last}
+
+    def through(blocks, x):
+        for block in blocks:
+            x = block(x)
+        return x
+
+    def stages(path: str) -> dict:
+        """Stage name -> function of the previous stages' results (fp32: the exact port; bf16: fomm_fast)."""
+        g = exact if path == "fp32" else fast
+        return {
+            "dense_motion": lambda r: g.dense_motion_network(source, *r["kp"]),
+            "warp": lambda r: exact.warped_features(r["features"], *r["dense_motion"][:2]),
+            "bottleneck": lambda r: g.bottleneck(r["warp"] if path == "fp32" else r["warp"].to(**low)),
+            "up_blocks": lambda r: through(g.up_blocks, r["bottleneck"]),
+            "final": lambda r: torch.sigmoid(g.final(r["up_blocks"]).float()),
+        }
+
+    samples: dict[str, dict[str, list[float]]] = {"fp32": {}, "bf16": {}}
+    with torch.inference_mode():
+        features = exact.encode_source(source)
+        value, jacobian = models.kp_detector(source)
+        kp = (value, jacobian, value + 0.05, jacobian)
+        for _ in range(repeats + 1):  # the first round is a warm-up
+            for path in ("fp32", "bf16"):
+                results = {"kp": kp, "features": features}
+                for name, run in stages(path).items():
+                    t0 = time.perf_counter()
+                    results[name] = run(results)
+                    samples[path].setdefault(name, []).append((time.perf_counter() - t0) * 1000)
+    return {path: {name: {"min": round(min(v[1:]), 1), "median": round(float(np.median(v[1:])), 1)}
+                   for name, v in stage.items()} for path, stage in samples.items()}
+
+
 def _runtimes_available() -> list[str]:
     from avatarcam.backends import detect_hardware
 
@@ -429,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                calibrate_on=calibration)
             result = compare_with_original(args.original, checkpoint, args.driver, DEFAULT_AVATARS[0], args.frames,
                                            scratch_dir / "engines")
+            result["generator_stages_ms"] = profile_generator(checkpoint, DEFAULT_AVATARS[0])
         result["checkpoint"] = str(args.checkpoint) if args.checkpoint else (
             "random vox-256" + (" (batch norms calibrated)" if args.calibrated else ""))
         result["machine"] = {"cpu_count": os.cpu_count(), "platform": platform.platform(),

@@ -605,7 +605,7 @@ def _open_bf16_generator(models: Any, io: Any) -> Any:
     from avatarcam.generators.fomm_fast import FommFastFrameGenerator
 
     def build() -> Any:
-        return FommFastFrameGenerator(models.generator)
+        return FommFastFrameGenerator(models.generator, models.image_size)
 
     return TorchRunner(module=build, io=io, device="cpu", name=fx.FRAME_GENERATOR).open()
 

@@ -11,8 +11,10 @@ What runs in bf16 and what does not:
   it (exact algebra, done in float32 before rounding the weights to bf16).
 - float32: the whole dense-motion network, because it decides the geometry: in bf16 its mask softmax moved the
   warp enough to cost up to 0.68 per pixel (32 dB) on the tiny fixture, against 0.035 (50 dB) for the decoder alone.
-  Also float32: the feature warp (grid_sample), the occlusion product and the output sigmoid. The keypoint detector
-  and the per-avatar encoder are not touched (they stay exact; the encoder's output is cached per avatar).
+  Its batch norms are folded too, and its large up blocks become transposed convolutions (UpsampleConvReLU), which
+  only re-associates float32 sums (deformation within 2e-5 of the exact port). Also float32: the feature warp
+  (grid_sample), the occlusion product and the output sigmoid. The keypoint detector and the per-avatar encoder
+  are not touched (they stay exact; the encoder's output is cached per avatar).
 
 The result is not bit-identical to the float32 port: its tolerance against the exact path is stated and tested in
 tests/test_fomm_fast.py and in the README. `bf16_native()` decides at run time whether the fast path can be used;
@@ -27,6 +29,7 @@ import platform
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avatarcam.generators.fomm_model import ConvNormReLU, FommGenerator, PreActResidual
@@ -88,20 +91,69 @@ def _folded(module: nn.Module) -> nn.Module:
     return module
 
 
+# Nearest 2x upsampling then a 3x3 convolution (padding 1) equals one stride-2 transposed convolution with a 4x4
+# kernel: output row 2i reads input rows i-1, i with weights W0, W1+W2; row 2i+1 reads rows i, i+1 with W0+W1, W2
+# (zero padding on both sides matches). Kernel tap k of the transposed convolution (padding 1) collects these rows.
+_TAP_ROWS = ((2,), (1, 2), (0, 1), (0,))
+# Below this input side the transposed convolution was not faster than upsampling + conv in float32 (oneDNN, 2 cores).
+_MIN_TRANSPOSED_SIDE = 16
+
+
+class UpsampleConvReLU(nn.Module):
+    """An UpBlock with its batch norm folded, computed as one transposed convolution (2.25x fewer multiplies).
+
+    Same function as upsample-nearest-2x + 3x3 conv + ReLU up to float32 re-association of the weight sums.
+    """
+
+    def __init__(self, block: ConvNormReLU) -> None:
+        super().__init__()
+        if not isinstance(block.norm, nn.Identity) or block.conv.kernel_size != (3, 3) or block.conv.padding != (1, 1):
+            raise ValueError("UpsampleConvReLU needs a folded UpBlock (3x3 conv, padding 1, norm folded)")
+        weight = block.conv.weight.detach()
+        rows = torch.stack([weight[:, :, list(taps), :].sum(2) for taps in _TAP_ROWS], 2)
+        kernel = torch.stack([rows[:, :, :, list(taps)].sum(3) for taps in _TAP_ROWS], 3)
+        self.weight = nn.Parameter(kernel.transpose(0, 1).contiguous(), requires_grad=False)  # (in, out, 4, 4)
+        self.bias = nn.Parameter(block.conv.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(F.conv_transpose2d(x, self.weight, self.bias, stride=2, padding=1))
+
+
+def _transposed_up_blocks(blocks: nn.ModuleList, input_sides: list[int]) -> nn.ModuleList:
+    """Folded up blocks, each replaced by UpsampleConvReLU where its input is at least _MIN_TRANSPOSED_SIDE wide."""
+    return nn.ModuleList(
+        UpsampleConvReLU(block) if side >= _MIN_TRANSPOSED_SIDE else block for block, side in zip(blocks, input_sides)
+    )
+
+
 def _to_bf16(module: nn.Module) -> nn.Module:
     return module.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
 
 
 class FommFastFrameGenerator(nn.Module):
-    """`FommFrameGenerator` (same inputs, prediction only) with the convolution stacks in bf16; see the module doc."""
+    """`FommFrameGenerator` (same inputs, prediction only) with the decoder in bf16; see the module doc.
 
-    def __init__(self, generator: FommGenerator) -> None:
+    image_size: the side the model runs at (it picks which up blocks become transposed convolutions).
+    """
+
+    def __init__(self, generator: FommGenerator, image_size: int = 256) -> None:
         super().__init__()
         if generator.training:
             raise ValueError("FommFastFrameGenerator folds batch norms: pass a generator in eval mode")
-        self.dense_motion_network = generator.dense_motion_network  # float32: it decides the geometry
+        # float32, because it decides the geometry; batch norms folded and the large up blocks transposed, which
+        # only re-associates float32 sums.
+        self.dense_motion_network = _folded(generator.dense_motion_network)
+        decoder = self.dense_motion_network.hourglass.decoder
+        num_blocks = len(decoder.up_blocks)
+        side = image_size * generator.config.generator.dense_motion.scale_factor
+        decoder.up_blocks = _transposed_up_blocks(
+            decoder.up_blocks, [round(side / 2 ** (num_blocks - i)) for i in range(num_blocks)]
+        )
         self.bottleneck = _to_bf16(_folded(generator.bottleneck))
-        self.up_blocks = _to_bf16(_folded(generator.up_blocks))
+        feature_side = image_size // 2**generator.config.generator.num_down_blocks
+        self.up_blocks = _to_bf16(_transposed_up_blocks(
+            _folded(generator.up_blocks), [feature_side * 2**i for i in range(len(generator.up_blocks))]
+        ))
         self.final = _to_bf16(copy.deepcopy(generator.final))
         self._warped_features = generator.warped_features  # float32 (a bound method: not a registered submodule)
         self.eval().requires_grad_(False)
