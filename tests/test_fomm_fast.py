@@ -157,7 +157,7 @@ def test_default_reenactor_uses_bf16_where_native_and_fp32_stays_selectable(tmp_
             if precision == "fp32" or not bf16_native()[0]:
                 assert generator_label == "onnxruntime-cpu"
             else:
-                assert generator_label == "torch-cpu-bf16"
+                assert generator_label == "onnxruntime-cpu+torch-cpu-bf16"
             prepared = reenactor.prepare(avatar)
             neutral = reenactor.neutral_from([Observed(frame=Frame(driving[0], 0, 0.0), face=None)])
             canvas = np.zeros((256, 256, 3), np.uint8)

@@ -180,3 +180,16 @@ def test_the_live_reenactor_feeds_256_square_inputs_to_every_model(tmp_path):
     assert shapes["encoder"]["source_image"] == (1, 3, 256, 256)
     assert shapes["generator"]["source_image"] == (1, 3, 256, 256)
     assert shapes["generator"]["source_features"][2:] == (64, 64)
+
+
+def test_config_keys_reach_the_reenactor(tmp_path):
+    from avatarcam.generators.fomm import build_fomm_reenactor
+
+    base = {"generator.model": "fomm", "generator.checkpoint": str(TINY), "generator.backend": "torch",
+            "generator.canvas_size": 256}
+    with build_fomm_reenactor(load_config(None, {**base, "generator.fomm_config": str(tiny_yaml(tmp_path))})) as built:
+        assert built.image_size == 128 and built.models.config.kp_detector.block_expansion == 4
+    with build_fomm_reenactor(load_config(None, {**base, "generator.fomm_size": 384})) as built:
+        assert built.image_size == 384
+    with pytest.raises(ConfigError, match="FOMM input size 320 .*--fomm-size.*128, 256, 384"):
+        build_fomm_reenactor(load_config(None, {**base, "generator.fomm_size": 320}))

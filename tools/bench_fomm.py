@@ -12,6 +12,17 @@ render() call; each is measured alone and again with a landmark thread running M
 in the live pipeline (ms_with_landmark_thread). prepare is one avatar switch (avatar crop, keypoints, source
 encoding). ONNX export happens on the first use of a checkpoint and is reported in startup_s, not in any per-frame
 number. TensorRT runs when a GPU exists.
+
+    python tools/bench_fomm.py --original ~/first-order-model --json OUT.json [--frames 8] [--calibrated]
+
+times the original FOMM code (the checkout's modules, driven as Avatarify's PredictorLocal drives them: per frame
+kp_detector, normalize_kp with relative motion and adapted scale, generator) and FaceMimic's runtimes (auto, which
+is bf16 on CPUs that have it; onnxruntime and torch, both exact fp32) on the same weights and the same 256x256
+frames, one frame each in turn, in one process; it reports ms per frame, the speed-up over the original, the
+parity of each runtime against the original and against our exact torch path, and a per-stage profile of the frame
+generator (fp32 against bf16). --calibrated sets the random weights' batch-norm statistics from real images so that
+the outputs are structured pictures and the parity figures mean something (torch's default initialisation gives a
+flat grey output).
 """
 
 from __future__ import annotations
@@ -101,11 +112,10 @@ def make_random_vox256(path: Path, seed: int = 0, calibrate_on: list[Path] | Non
     return path
 
 
-def _frame_files(driver: Path, count: int = 4) -> list[Path]:
-    """A few driver frames written as PNGs in a temporary folder (calibration images)."""
+def _frame_files(driver: Path, folder: Path, count: int = 4) -> list[Path]:
+    """Every 10th of the driver's first frames written as PNGs into folder (calibration images)."""
     import cv2
 
-    folder = Path(tempfile.mkdtemp(prefix="bench_fomm-frames-"))
     capture = cv2.VideoCapture(str(driver))
     paths = []
     for index in range(count * 10):
@@ -390,19 +400,24 @@ def compare_with_original(original_path: Path, checkpoint: Path, driver: Path, a
     return result
 
 
-def profile_generator(checkpoint: Path, avatar: Path, repeats: int = 5) -> dict:
-    """Per-stage ms of the frame generator, exact float32 port against the bf16 path, stages alternating (minimum
-    and median over `repeats`): dense motion, feature warp, bottleneck, up blocks, final conv + sigmoid."""
+def profile_generator(checkpoint: Path, avatar: Path, engines: Path, repeats: int = 5) -> dict:
+    """Per-stage ms of the frame generator, alternating: the exact float32 port on torch ("fp32": dense motion, warp,
+    bottleneck, up blocks, final conv + sigmoid) against the bf16 runtime ("bf16": dense motion + warp on ONNX
+    Runtime, then fomm_fast's bf16 bottleneck, up blocks and final). Minimum and median over `repeats`."""
     import cv2
     import numpy as np
     import torch
 
+    from avatarcam.backends.onnxruntime_runner import OnnxRuntimeRunner
+    from avatarcam.generators import fomm_export as fx
     from avatarcam.generators.fomm_export import load_fomm_models
-    from avatarcam.generators.fomm_fast import FommFastFrameGenerator
+    from avatarcam.generators.fomm_fast import FommFastDecoder
 
     models = load_fomm_models(checkpoint)
     exact = models.generator
-    fast = FommFastFrameGenerator(exact, models.image_size)
+    decoder = FommFastDecoder(exact, models.image_size)
+    motion = OnnxRuntimeRunner(onnx_path=fx.ensure_exported(models, engines_dir=engines, names=(fx.FRAME_MOTION,),
+                                                            log_line=lambda _: None)[fx.FRAME_MOTION]).open()
     bgr = cv2.resize(cv2.imread(str(avatar)), (models.image_size,) * 2, interpolation=cv2.INTER_AREA)
     source = torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1].transpose(2, 0, 1))[None].astype(np.float32) / 255)
     low = {"dtype": torch.bfloat16, "memory_format": torch.channels_last}
@@ -412,29 +427,36 @@ def profile_generator(checkpoint: Path, avatar: Path, repeats: int = 5) -> dict:
             x = block(x)
         return x
 
-    def stages(path: str) -> dict:
-        """Stage name -> function of the previous stages' results (fp32: the exact port; bf16: fomm_fast)."""
-        g = exact if path == "fp32" else fast
-        return {
-            "dense_motion": lambda r: g.dense_motion_network(source, *r["kp"]),
-            "warp": lambda r: exact.warped_features(r["features"], *r["dense_motion"][:2]),
-            "bottleneck": lambda r: g.bottleneck(r["warp"] if path == "fp32" else r["warp"].to(**low)),
-            "up_blocks": lambda r: through(g.up_blocks, r["bottleneck"]),
-            "final": lambda r: torch.sigmoid(g.final(r["up_blocks"]).float()),
-        }
-
     samples: dict[str, dict[str, list[float]]] = {"fp32": {}, "bf16": {}}
     with torch.inference_mode():
         features = exact.encode_source(source)
         value, jacobian = models.kp_detector(source)
         kp = (value, jacobian, value + 0.05, jacobian)
+        feed = dict(zip(("source_image", "source_features", "kp_source_value", "kp_source_jacobian",
+                         "kp_driving_value", "kp_driving_jacobian"), (t.numpy() for t in (source, features, *kp))))
+        stages = {
+            "fp32": {
+                "dense_motion": lambda r: exact.dense_motion_network(source, *kp),
+                "warp": lambda r: exact.warped_features(features, *r["dense_motion"][:2]),
+                "bottleneck": lambda r: exact.bottleneck(r["warp"]),
+                "up_blocks": lambda r: through(exact.up_blocks, r["bottleneck"]),
+                "final": lambda r: torch.sigmoid(exact.final(r["up_blocks"])),
+            },
+            "bf16": {
+                "dense_motion+warp (onnxruntime)": lambda r: torch.from_numpy(motion.run(feed)["warped_features"]),
+                "bottleneck": lambda r: decoder.bottleneck(r["dense_motion+warp (onnxruntime)"].to(**low)),
+                "up_blocks": lambda r: through(decoder.up_blocks, r["bottleneck"]),
+                "final": lambda r: torch.sigmoid(decoder.final(r["up_blocks"]).float()),
+            },
+        }
         for _ in range(repeats + 1):  # the first round is a warm-up
-            for path in ("fp32", "bf16"):
-                results = {"kp": kp, "features": features}
-                for name, run in stages(path).items():
+            for path, steps in stages.items():
+                results: dict = {}
+                for name, run in steps.items():
                     t0 = time.perf_counter()
                     results[name] = run(results)
                     samples[path].setdefault(name, []).append((time.perf_counter() - t0) * 1000)
+    motion.close()
     return {path: {name: {"min": round(min(v[1:]), 1), "median": round(float(np.median(v[1:])), 1)}
                    for name, v in stage.items()} for path, stage in samples.items()}
 
@@ -469,16 +491,18 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(result))
         return 0
 
-    calibration = [DEFAULT_AVATARS[0], *DEFAULT_AVATARS[1:], *_frame_files(args.driver)] if args.calibrated else None
+    def calibration(folder: Path) -> list[Path] | None:
+        return [*DEFAULT_AVATARS, *_frame_files(args.driver, folder)] if args.calibrated else None
+
     if args.original:
         sys.path.insert(0, str(ROOT / "tools"))
         with tempfile.TemporaryDirectory(prefix="bench_fomm-") as scratch:
             scratch_dir = Path(scratch)
             checkpoint = args.checkpoint or make_random_vox256(scratch_dir / "vox-random.pth.tar",
-                                                               calibrate_on=calibration)
+                                                               calibrate_on=calibration(scratch_dir))
             result = compare_with_original(args.original, checkpoint, args.driver, DEFAULT_AVATARS[0], args.frames,
                                            scratch_dir / "engines")
-            result["generator_stages_ms"] = profile_generator(checkpoint, DEFAULT_AVATARS[0])
+            result["generator_stages_ms"] = profile_generator(checkpoint, DEFAULT_AVATARS[0], scratch_dir / "engines")
         result["checkpoint"] = str(args.checkpoint) if args.checkpoint else (
             "random vox-256" + (" (batch norms calibrated)" if args.calibrated else ""))
         result["machine"] = {"cpu_count": os.cpu_count(), "platform": platform.platform(),
@@ -498,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_fomm-") as scratch:
         scratch_dir = Path(scratch)
         checkpoint = args.checkpoint or make_random_vox256(scratch_dir / "vox-random.pth.tar",
-                                                           calibrate_on=calibration)
+                                                           calibrate_on=calibration(scratch_dir))
         engines = scratch_dir / "engines"  # shared: onnxruntime exports once, auto reuses the files
         runs = {}
         for runtime in runtimes:

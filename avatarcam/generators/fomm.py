@@ -20,6 +20,10 @@ output, then eases back to the avatar at rest.
 
 Runtimes: each of the three models (fomm_export.MODEL_NAMES) goes through the backends layer on its own, with the
 CPU runtime that measured faster for it; ONNX files are exported on first use into engines/fomm-<weights hash>/.
+Input size: 256x256 for every checkpoint, as FOMM's demo and Avatarify, unless generator.fomm_size or the FOMM
+YAML's frame_shape says otherwise (fomm_export.choose_image_size). Precision (generator.fomm_precision): on a CPU
+with native bf16, backend auto runs the frame generator as a float32 motion half on ONNX Runtime and a bf16 decoder
+on torch (fomm_fast, `generator_precision`); fp32 keeps the exact exported graphs.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -434,15 +438,13 @@ class FommMotionControls:
 class _LockedRunner:
     """A runner shared by the render, avatar-loading and hotkey threads: one call at a time, outputs copied."""
 
-    def __init__(self, runner: Any, *, precision: str = "") -> None:
+    def __init__(self, runner: Any) -> None:
         self.runner = runner
-        self.precision = precision
         self._lock = threading.Lock()
 
     @property
     def label(self) -> str:
-        """The runner's label, plus '-bf16' for the reduced-precision frame generator."""
-        return f"{self.runner.label}-{self.precision}" if self.precision else self.runner.label
+        return self.runner.label
 
     def run(self, inputs: dict[str, np.ndarray], *, copy: bool = True) -> dict[str, np.ndarray]:
         with self._lock:
@@ -525,6 +527,8 @@ class FommRuntime:
         fast = {fx.FRAME_GENERATOR} if self.precision == "bf16" else set()
         needs = tuple(n for n in fx.MODEL_NAMES
                       if n not in fast and _needs_onnx(settings.backend, settings.cpu_runtimes[n], hardware))
+        if fast and hardware.onnxruntime_available:
+            needs += (fx.FRAME_MOTION,)
         paths = {}
         if needs:
             paths = fx.ensure_exported(models, engines_dir=settings.engines_dir, names=needs, log_line=log_line)
@@ -533,8 +537,11 @@ class FommRuntime:
         try:
             for name in fx.MODEL_NAMES:
                 if name in fast:
-                    runners[name] = _LockedRunner(_open_bf16_generator(models, ios[name]), precision="bf16")
-                    log_line(f"{name}: using torch-cpu-bf16")
+                    runners[name] = _LockedRunner(_SplitGenerator(
+                        models, ios, onnx_path=paths.get(fx.FRAME_MOTION), folder=folder, hardware=hardware,
+                        log_line=log_line,
+                    ))
+                    log_line(f"{name}: using {runners[name].label}")
                     continue
                 spec = ModelSpec(
                     name=name,
@@ -598,16 +605,48 @@ def _project_path(value: str | Path | None) -> Path | None:
     return PROJECT_ROOT / path if not path.is_absolute() and not path.exists() else path
 
 
-def _open_bf16_generator(models: Any, io: Any) -> Any:
-    """An open TorchRunner of fomm_fast.FommFastFrameGenerator for the models' generator (CPU)."""
-    from avatarcam.backends.torch_runner import TorchRunner
-    from avatarcam.generators import fomm_export as fx
-    from avatarcam.generators.fomm_fast import FommFastFrameGenerator
+class _SplitGenerator:
+    """The bf16 frame generator: fomm_fast.FommFrameMotion (float32, ONNX Runtime, else torch), then
+    fomm_fast.FommFastDecoder (bf16, torch). Runner-shaped: name, label, run(inputs) -> {'prediction': ...}, close()."""
 
-    def build() -> Any:
-        return FommFastFrameGenerator(models.generator, models.image_size)
+    def __init__(self, models: Any, ios: dict[str, Any], *, onnx_path: Path | None, folder: Path, hardware: Any,
+                 log_line: Callable[[str], None]) -> None:
+        from avatarcam.backends.base import ModelIO, TensorSpec
+        from avatarcam.backends.selection import ModelSpec, open_backend
+        from avatarcam.backends.torch_runner import TorchRunner
+        from avatarcam.generators import fomm_export as fx
+        from avatarcam.generators.fomm_fast import FommFastDecoder
 
-    return TorchRunner(module=build, io=io, device="cpu", name=fx.FRAME_GENERATOR).open()
+        self.name = fx.FRAME_GENERATOR
+        motion_io = ios[fx.FRAME_MOTION]
+        spec = ModelSpec(name=fx.FRAME_MOTION, onnx_path=onnx_path or folder / f"{fx.FRAME_MOTION}.onnx",
+                         torch_module=fx.torch_module_factory(models, fx.FRAME_MOTION), io=motion_io,
+                         cpu_runtime="onnxruntime", engines_dir=folder)
+        # The bf16 path runs only when no GPU takes the generator, so auto here means ONNX Runtime, else torch, on CPU.
+        self.motion = open_backend("auto", spec, hardware=replace(hardware, cuda_available=False), log=log_line)
+        warped = motion_io.outputs[0]
+        decoder_io = ModelIO(inputs=(TensorSpec(name=warped.name, shape=warped.shape, dtype="float32"),),
+                             outputs=ios[fx.FRAME_GENERATOR].outputs)
+        size = models.image_size
+        try:
+            self.decoder = TorchRunner(module=lambda: FommFastDecoder(models.generator, size), io=decoder_io,
+                                       device="cpu", name="fomm_fast_decoder").open()
+        except BaseException:
+            self.motion.close()
+            raise
+
+    @property
+    def label(self) -> str:
+        """e.g. 'onnxruntime-cpu+torch-cpu-bf16'."""
+        return f"{self.motion.label}+{self.decoder.label}-bf16"
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        warped = self.motion.run(inputs)["warped_features"]
+        return self.decoder.run({"warped_features": warped})
+
+    def close(self) -> None:
+        self.motion.close()
+        self.decoder.close()
 
 
 def resolve_checkpoint(value: str | Path | None) -> Path:

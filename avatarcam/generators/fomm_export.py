@@ -37,6 +37,7 @@ from avatarcam.paths import PROJECT_ROOT
 __all__ = [
     "CHECKPOINT_ENV",
     "FRAME_GENERATOR",
+    "FRAME_MOTION",
     "KP_DETECTOR",
     "MODEL_NAMES",
     "SOURCE_ENCODER",
@@ -60,6 +61,9 @@ KP_DETECTOR = "fomm_kp_detector"
 SOURCE_ENCODER = "fomm_source_encoder"
 FRAME_GENERATOR = "fomm_frame_generator"
 MODEL_NAMES = (KP_DETECTOR, SOURCE_ENCODER, FRAME_GENERATOR)
+# The float32 first half of the frame generator (dense motion + warped encoding), exported only for the bf16 CPU
+# path (fomm_fast), which runs it on ONNX Runtime and the rest of the generator in bf16 on torch.
+FRAME_MOTION = "fomm_frame_motion"
 
 CHECKPOINT_ENV = "FACEMIMIC_FOMM_CHECKPOINT"
 SMOKE_CHECKPOINT = PROJECT_ROOT / "tests" / "fixtures" / "fomm" / "tiny-checkpoint.pth.tar"
@@ -161,7 +165,7 @@ def _feature_shape(models: FommModels) -> tuple[int, int, int, int]:
 
 
 def model_io(models: FommModels) -> dict[str, ModelIO]:
-    """name -> ModelIO of the three models at models.image_size (what the torch runtime declares)."""
+    """name -> ModelIO of the three models (and FRAME_MOTION) at models.image_size (what the torch runtime declares)."""
     size, num_kp = models.image_size, models.config.num_kp
     channels = models.config.num_channels
 
@@ -170,22 +174,21 @@ def model_io(models: FommModels) -> dict[str, ModelIO]:
 
     image = (1, channels, size, size)
     kp = (spec("kp_value", (1, num_kp, 2)), spec("kp_jacobian", (1, num_kp, 2, 2)))
+    frame_inputs = (
+        spec("source_image", image),
+        spec("source_features", _feature_shape(models)),
+        spec("kp_source_value", (1, num_kp, 2)),
+        spec("kp_source_jacobian", (1, num_kp, 2, 2)),
+        spec("kp_driving_value", (1, num_kp, 2)),
+        spec("kp_driving_jacobian", (1, num_kp, 2, 2)),
+    )
     return {
         KP_DETECTOR: ModelIO(inputs=(spec("image", image),), outputs=kp),
         SOURCE_ENCODER: ModelIO(
             inputs=(spec("source_image", image),), outputs=(spec("source_features", _feature_shape(models)),)
         ),
-        FRAME_GENERATOR: ModelIO(
-            inputs=(
-                spec("source_image", image),
-                spec("source_features", _feature_shape(models)),
-                spec("kp_source_value", (1, num_kp, 2)),
-                spec("kp_source_jacobian", (1, num_kp, 2, 2)),
-                spec("kp_driving_value", (1, num_kp, 2)),
-                spec("kp_driving_jacobian", (1, num_kp, 2, 2)),
-            ),
-            outputs=(spec("prediction", image),),
-        ),
+        FRAME_GENERATOR: ModelIO(inputs=frame_inputs, outputs=(spec("prediction", image),)),
+        FRAME_MOTION: ModelIO(inputs=frame_inputs, outputs=(spec("warped_features", _feature_shape(models)),)),
     }
 
 
@@ -197,12 +200,14 @@ def _random_keypoints(rng: np.random.Generator, num_kp: int) -> tuple[np.ndarray
 
 
 def _module_builders(models: FommModels) -> dict[str, Callable[[], Any]]:
+    from avatarcam.generators.fomm_fast import FommFrameMotion
     from avatarcam.generators.fomm_model import FommFrameGenerator, FommSourceEncoder
 
     return {
         KP_DETECTOR: lambda: models.kp_detector,
         SOURCE_ENCODER: lambda: FommSourceEncoder(models.generator),
         FRAME_GENERATOR: lambda: FommFrameGenerator(models.generator),
+        FRAME_MOTION: lambda: FommFrameMotion(models.generator),
     }
 
 
@@ -227,7 +232,7 @@ def _make_inputs(models: FommModels, name: str) -> Callable[[np.random.Generator
 
 
 def recipes_for(models: FommModels) -> dict[str, ExportRecipe]:
-    """name -> ExportRecipe of the three FOMM models of one loaded checkpoint (static shapes, batch 1)."""
+    """name -> ExportRecipe of the FOMM models (model_io's names) of one loaded checkpoint (static shapes, batch 1)."""
     recipes = {}
     builders = _module_builders(models)
     for name, io in model_io(models).items():

@@ -6,15 +6,17 @@ runs them near the cores' FMA peak; CPUs with AVX512_BF16 or AMX-BF16 multiply b
 (accumulating in float32), which is where the speed comes from.
 
 What runs in bf16 and what does not:
-- bf16 (channels-last): the decoder, i.e. the six bottleneck blocks, the up blocks and the final convolution (about
-  three quarters of the frame generator's time in float32). Batch norms that follow a convolution are folded into
-  it (exact algebra, done in float32 before rounding the weights to bf16).
-- float32: the whole dense-motion network, because it decides the geometry: in bf16 its mask softmax moved the
-  warp enough to cost up to 0.68 per pixel (32 dB) on the tiny fixture, against 0.035 (50 dB) for the decoder alone.
-  Its batch norms are folded too, and its large up blocks become transposed convolutions (UpsampleConvReLU), which
-  only re-associates float32 sums (deformation within 2e-5 of the exact port). Also float32: the feature warp
-  (grid_sample), the occlusion product and the output sigmoid. The keypoint detector and the per-avatar encoder
-  are not touched (they stay exact; the encoder's output is cached per avatar).
+- bf16 (channels-last, torch): the decoder (FommFastDecoder), i.e. the six bottleneck blocks, the up blocks and the
+  final convolution (about three quarters of the frame generator's time in float32). Batch norms that follow a
+  convolution are folded into it (exact algebra, done in float32 before rounding the weights to bf16), and each
+  up block (nearest 2x upsampling + 3x3 conv) runs as one stride-2 transposed convolution with summed taps,
+  2.25x fewer multiplies.
+- float32 (FommFrameMotion, exported to ONNX and run on ONNX Runtime): the whole dense-motion network, because it
+  decides the geometry (in bf16 its mask softmax moved the warp enough to cost up to 0.68 per pixel, 32 dB, on the
+  tiny fixture, against 0.035, 50 dB, for the decoder alone), then the feature warp and the occlusion product.
+  ONNX Runtime, not torch, because its many small operations kept their speed on a busy CPU where torch's OpenMP
+  threads lost several times over. The keypoint detector and the per-avatar encoder are not touched (they stay
+  exact; the encoder's output is cached per avatar).
 
 The result is not bit-identical to the float32 port: its tolerance against the exact path is stated and tested in
 tests/test_fomm_fast.py and in the README. `bf16_native()` decides at run time whether the fast path can be used;
@@ -34,7 +36,15 @@ from torch import Tensor, nn
 
 from avatarcam.generators.fomm_model import ConvNormReLU, FommGenerator, PreActResidual
 
-__all__ = ["BF16_CPU_FLAGS", "FommFastFrameGenerator", "bf16_native", "cpu_flags"]
+__all__ = [
+    "BF16_CPU_FLAGS",
+    "FommFastDecoder",
+    "FommFastFrameGenerator",
+    "FommFrameMotion",
+    "UpsampleConvReLU",
+    "bf16_native",
+    "cpu_flags",
+]
 
 # /proc/cpuinfo flags of x86 CPUs that multiply bf16 in hardware (Intel Cooper Lake, Sapphire Rapids and later; AMD
 # Zen 4 and later). Without them oneDNN emulates bf16 with float32 instructions, which is slower than float32 itself.
@@ -130,33 +140,67 @@ def _to_bf16(module: nn.Module) -> nn.Module:
     return module.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
 
 
-class FommFastFrameGenerator(nn.Module):
-    """`FommFrameGenerator` (same inputs, prediction only) with the decoder in bf16; see the module doc.
+class FommFrameMotion(nn.Module):
+    """The float32 first half of the frame generator: dense motion, then the encoding warped and occluded.
 
-    image_size: the side the model runs at (it picks which up blocks become transposed convolutions).
+    Inputs as FommGenerator.forward -> warped_features (B, F, H/4, W/4) float32, the bottleneck's input. Exported
+    to ONNX (fomm_export.FRAME_MOTION) and run on ONNX Runtime beside the bf16 decoder.
+    """
+
+    def __init__(self, generator: FommGenerator) -> None:
+        super().__init__()
+        self.generator = generator
+        self.train(generator.training)  # a new module starts in training mode; see fomm_model.FommSourceEncoder
+
+    def forward(
+        self,
+        source_image: Tensor,
+        source_features: Tensor,
+        kp_source_value: Tensor,
+        kp_source_jacobian: Tensor,
+        kp_driving_value: Tensor,
+        kp_driving_jacobian: Tensor,
+    ) -> Tensor:
+        deformation, occlusion_map, _ = self.generator.dense_motion_network(
+            source_image, kp_source_value, kp_source_jacobian, kp_driving_value, kp_driving_jacobian
+        )
+        return self.generator.warped_features(source_features, deformation, occlusion_map)
+
+
+class FommFastDecoder(nn.Module):
+    """The bf16 second half: warped_features (B, F, h, w) float32 -> prediction (B, 3, H, W) float32 in [0, 1].
+
+    Batch norms folded, channels-last bfloat16, up blocks as transposed convolutions; weights are copies, so the
+    float32 generator may be freed.
     """
 
     def __init__(self, generator: FommGenerator, image_size: int = 256) -> None:
         super().__init__()
         if generator.training:
-            raise ValueError("FommFastFrameGenerator folds batch norms: pass a generator in eval mode")
-        # float32, because it decides the geometry; batch norms folded and the large up blocks transposed, which
-        # only re-associates float32 sums.
-        self.dense_motion_network = _folded(generator.dense_motion_network)
-        decoder = self.dense_motion_network.hourglass.decoder
-        num_blocks = len(decoder.up_blocks)
-        side = image_size * generator.config.generator.dense_motion.scale_factor
-        decoder.up_blocks = _transposed_up_blocks(
-            decoder.up_blocks, [round(side / 2 ** (num_blocks - i)) for i in range(num_blocks)]
-        )
+            raise ValueError("FommFastDecoder folds batch norms: pass a generator in eval mode")
         self.bottleneck = _to_bf16(_folded(generator.bottleneck))
         feature_side = image_size // 2**generator.config.generator.num_down_blocks
         self.up_blocks = _to_bf16(_transposed_up_blocks(
             _folded(generator.up_blocks), [feature_side * 2**i for i in range(len(generator.up_blocks))]
         ))
         self.final = _to_bf16(copy.deepcopy(generator.final))
-        self._warped_features = generator.warped_features  # float32 (a bound method: not a registered submodule)
         self.eval().requires_grad_(False)
+
+    def forward(self, warped_features: Tensor) -> Tensor:
+        out = self.bottleneck(warped_features.to(dtype=torch.bfloat16, memory_format=torch.channels_last))
+        for block in self.up_blocks:
+            out = block(out)
+        return torch.sigmoid(self.final(out).float()).contiguous()
+
+
+class FommFastFrameGenerator(nn.Module):
+    """`FommFrameGenerator` (same inputs, prediction only) as FommFrameMotion (float32) + FommFastDecoder (bf16)."""
+
+    def __init__(self, generator: FommGenerator, image_size: int = 256) -> None:
+        super().__init__()
+        self.motion = FommFrameMotion(generator)
+        self.decoder = FommFastDecoder(generator, image_size)
+        self.eval()
 
     def forward(
         self,
@@ -168,12 +212,6 @@ class FommFastFrameGenerator(nn.Module):
         kp_driving_jacobian: Tensor,
     ) -> Tensor:
         """Inputs as FommGenerator.forward (float32) -> prediction (B, 3, H, W) float32 RGB in [0, 1]."""
-        warp, visibility, _ = self.dense_motion_network(
-            source_image, kp_source_value, kp_source_jacobian, kp_driving_value, kp_driving_jacobian
-        )
-        out = self._warped_features(source_features, warp, visibility)
-        out = out.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-        out = self.bottleneck(out)
-        for block in self.up_blocks:
-            out = block(out)
-        return torch.sigmoid(self.final(out).float()).contiguous()
+        return self.decoder(self.motion(
+            source_image, source_features, kp_source_value, kp_source_jacobian, kp_driving_value, kp_driving_jacobian
+        ))
