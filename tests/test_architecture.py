@@ -34,7 +34,8 @@ def test_package_imports_without_gpu_display_or_heavy_frameworks():
 
 # Modules that define torch networks import torch at load; everything else reaches them only lazily.
 TORCH_MODULES = {"avatarcam.generators.fomm_model", "avatarcam.generators.fomm_checkpoint",
-                 "avatarcam.generators.mesh_torch", "avatarcam.generators.fomm_export"}
+                 "avatarcam.generators.mesh_torch", "avatarcam.generators.fomm_export",
+                 "avatarcam.generators.fomm_fast"}
 
 
 def test_imports_flow_one_way():

@@ -60,7 +60,6 @@ def _calibrate_batch_norms(kp_detector, generator, images) -> None:
     """
     import torch
 
-    from avatarcam.generators.fomm_model import FommKeypoints
 
     def reset(module) -> None:
         for child in module.modules():
@@ -272,9 +271,9 @@ class _OriginalPredictor:
 
     def __init__(self, original, checkpoint: Path, source_rgb) -> None:
         import torch
+        from fomm_original import build_original
 
         from avatarcam.generators.fomm_model import FommConfig
-        from fomm_original import build_original
 
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         self.original = original
@@ -323,12 +322,12 @@ def compare_with_original(original_path: Path, checkpoint: Path, driver: Path, a
     import cv2
     import numpy as np
     import torch
+    from fomm_original import load_original
 
     from avatarcam.avatars import Avatar
     from avatarcam.generators.fomm import FommReenactor, FommSettings
     from avatarcam.motion import MotionSettings
     from avatarcam.types import Frame, Observed
-    from fomm_original import load_original
 
     original = load_original(original_path)
     driving = _driver_frames(driver, frames + 2)

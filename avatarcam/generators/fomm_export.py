@@ -36,13 +36,13 @@ from avatarcam.paths import PROJECT_ROOT
 
 __all__ = [
     "CHECKPOINT_ENV",
+    "DEFAULT_IMAGE_SIZE",
     "FRAME_GENERATOR",
     "FRAME_MOTION",
     "KP_DETECTOR",
     "MODEL_NAMES",
     "SOURCE_ENCODER",
     "FommModels",
-    "DEFAULT_IMAGE_SIZE",
     "choose_image_size",
     "ensure_exported",
     "export_folder",
