@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"),
                     help="inference runtime (generator.backend)")
     av.add_argument("--no-crop", action="store_true", help="FOMM: use frames as given, no face crop")
+    av.add_argument("--fomm-size", type=int, help="FOMM: model input size in pixels, default 256 (generator.fomm_size)")
+    av.add_argument("--fomm-precision", choices=("auto", "fp32", "bf16"),
+                    help="FOMM frame generator on CPU: fp32 exact, bf16 fast, auto (generator.fomm_precision)")
+    av.add_argument("--fomm-config", help="FOMM: its own YAML, e.g. config/vox-adv-256.yaml (generator.fomm_config)")
     av.add_argument("--canvas-size", type=int, help="avatar canvas side in pixels (generator.canvas_size)")
     mo = p.add_argument_group("motion")
     mo.add_argument("--smoothing", type=float, help="0..1 temporal smoothing (motion.smoothing)")
@@ -76,6 +80,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         "source": "capture.source", "mirror": "capture.mirror", "avatar": "avatars.default",
         "avatars_folder": "avatars.folder", "model": "generator.model", "checkpoint": "generator.checkpoint",
         "backend": "generator.backend", "canvas_size": "generator.canvas_size", "smoothing": "motion.smoothing",
+        "fomm_size": "generator.fomm_size", "fomm_config": "generator.fomm_config",
+        "fomm_precision": "generator.fomm_precision",
         "vcam_backend": "vcam.backend", "vcam_device": "vcam.device", "out": "output.video",
     }
     for attr, key in simple.items():

@@ -98,6 +98,15 @@ class GeneratorConfig:
     backend: str = _key("auto", "inference runtime for model-based generators",
                         choices=("auto", "tensorrt", "onnxruntime", "torch"))
     crop: bool = _key(True, "fomm, liveportrait: crop the driver's face from the frame (false: use frames as they are)")
+    fomm_size: int | None = _key(None, "fomm: side of the model's square input in pixels; null: fomm_config's "
+                                 "frame_shape, else 256 (what FOMM's demo and Avatarify use for every checkpoint)",
+                                 low=32, high=2048)
+    fomm_precision: str = _key("auto", "fomm: frame generator precision on CPU: fp32 is the exact port; bf16 runs "
+                               "its convolutions in bfloat16 (about 50 dB PSNR to fp32, CPUs with native bf16 only); "
+                               "auto: bf16 where native, else fp32", choices=("auto", "fp32", "bf16"))
+    fomm_config: str | None = _key(None, "fomm: FOMM's own YAML config (e.g. first-order-model/config/"
+                                   "vox-adv-256.yaml): model_params and frame_shape; null: inferred from the "
+                                   "checkpoint")
 
 
 @dataclass(frozen=True)

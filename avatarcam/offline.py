@@ -81,7 +81,7 @@ def open_writer(out_path: Path, fps: float, size: tuple[int, int]) -> cv2.VideoW
     """An mp4, avi or lossless mkv (FFV1) writer for (width, height) frames; a clear error when unusable."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     codec = {".avi": "MJPG", ".mkv": "FFV1"}.get(out_path.suffix.lower(), "mp4v")
-    writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*codec), fps, size)
+    writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter.fourcc(*codec), fps, size)
     if not writer.isOpened():
         raise DeviceError(f"cannot write video {out_path}: use a .mp4, .avi or .mkv name in a writable folder")
     return writer

@@ -109,6 +109,7 @@ def test_package_imports_without_gpu_display_or_heavy_frameworks():
 # Modules that define torch networks import torch at load; everything else reaches them only lazily.
 TORCH_MODULES = {"avatarcam.generators.fomm.model", "avatarcam.generators.fomm.checkpoint",
                  "avatarcam.generators.mesh.torch_warp", "avatarcam.generators.fomm.export",
+                 "avatarcam.generators.fomm.fast",
                  "avatarcam.generators.liveportrait.model", "avatarcam.generators.liveportrait.export"}
 
 

@@ -36,7 +36,7 @@ def tiny_config() -> FommConfig:
 
 def test_fixture_files_match_origin_hashes():
     listed = re.findall(r"^([0-9a-f]{64})  (\S+)$", (FIXTURES / "ORIGIN.md").read_text(), flags=re.M)
-    assert len(listed) == 4
+    assert len(listed) == 5
     for digest, name in listed:
         assert hashlib.sha256((FIXTURES / name).read_bytes()).hexdigest() == digest, name
 

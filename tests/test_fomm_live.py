@@ -246,7 +246,7 @@ def test_config_builds_the_reenactor_with_the_inferred_model(tmp_path):
                                 "generator.backend": "torch", "generator.canvas_size": 256,
                                 "motion.intensity.face": 1.5, "generator.crop": False})
     with build_fomm_reenactor(config) as built:
-        assert (built.name, built.canvas_size, built.image_size) == ("fomm", 256, 128)
+        assert (built.name, built.canvas_size, built.image_size) == ("fomm", 256, 256)
         assert built.models.config.kp_detector.block_expansion == 4 and built.motion.intensity == 1.5
         assert not built.needs_landmarks
         with pytest.raises(FaceMimicError, match="expected \\(256, 256, 3\\) uint8"):
@@ -254,10 +254,10 @@ def test_config_builds_the_reenactor_with_the_inferred_model(tmp_path):
 
 
 def test_released_checkpoints_run_at_256():
-    from avatarcam.generators.fomm.export import default_image_size
+    from avatarcam.generators.fomm.export import choose_image_size
     from avatarcam.generators.fomm.model import FommConfig
 
-    assert default_image_size(FommConfig.vox256()) == 256
+    assert choose_image_size(FommConfig.vox256()) == 256
 
 
 @pytest.mark.heavy

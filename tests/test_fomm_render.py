@@ -86,9 +86,10 @@ def test_cli_no_crop_render_is_the_original_relative_animation(parity, fixture_f
         sys.path.remove(str(ROOT / "tools"))
     source, driver = fixture_files
     out = tmp_path / "out.mkv"
-    # 256 is the smallest canvas the config allows; the tiny model's 128 prediction is enlarged bilinearly.
+    # The fixture was made at 128 (--fomm-size 128); 256 is the smallest canvas the config allows, so the 128
+    # prediction is enlarged bilinearly.
     code = render_tool.main([
-        "--model", "fomm", "--checkpoint", str(TINY), "--no-crop", "--backend", "torch",
+        "--model", "fomm", "--checkpoint", str(TINY), "--no-crop", "--backend", "torch", "--fomm-size", "128",
         "--driver", str(driver), "--avatar", str(source), "--out", str(out), "--quiet",
         "--set", "generator.canvas_size=256",
     ])
@@ -144,7 +145,8 @@ def test_raw_predictions_of_the_offline_renderer_match_the_original(parity, fixt
     from avatarcam.avatars import Avatar
 
     source, driver = fixture_files
-    settings = FommSettings(checkpoint=TINY, backend="torch", crop=False, canvas_size=256, engines_dir=tmp_path)
+    settings = FommSettings(checkpoint=TINY, backend="torch", crop=False, canvas_size=256, engines_dir=tmp_path,
+                            image_size=128)  # the size parity.npz was made at
     with FommReenactor(settings=settings, motion=MotionSettings(smoothing=0.9)) as inner:
         assert inner.image_size == 128 and not inner.needs_landmarks
         # An in-memory avatar whose canvas is not the file: without cropping the file itself is the source.

@@ -59,8 +59,11 @@ def test_tools_import_the_installed_package_and_the_installer_imports_none_of_it
     for path in sorted((ROOT / "tools").glob("*.py")):
         if path.name in RUNS_UNINSTALLED:
             continue
-        text = path.read_text()
-        assert "sys.path" not in text, f"{path.name} edits sys.path: import the installed package instead"
+        inserted = [line for line in path.read_text().splitlines() if "sys.path.insert" in line or "sys.path.append" in line]
+        # A user's own checkout of another project (tools/fomm_original.py: first-order-model) may go on sys.path;
+        # this repository's root may not.
+        assert not [line for line in inserted if "ROOT" in line or "parent" in line], \
+            f"{path.name} puts the repository on sys.path: import the installed package instead"
     installer = ast.parse((ROOT / "tools" / "install.py").read_text())
     names = {a.name for n in ast.walk(installer) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module or "" for n in ast.walk(installer) if isinstance(n, ast.ImportFrom)}

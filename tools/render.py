@@ -31,15 +31,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="FOMM checkpoint or LivePortrait weights folder (with --model fomm or liveportrait)")
     parser.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"))
     parser.add_argument("--no-crop", action="store_true",
-                        help="FOMM: use frames and avatar as given, resized to the model size (256 for vox)")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+                        help="FOMM: use frames and avatar as given, resized to the model size (256 unless --fomm-size)")
+    parser.add_argument("--fomm-size", type=int, help="FOMM: model input size in pixels (default 256)")
+    parser.add_argument("--fomm-config", help="FOMM: its own YAML, e.g. first-order-model/config/vox-adv-256.yaml")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="FaceMimic's config.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     overrides = dict(parse_override(item) for item in args.set)
     for key, value in (("generator.model", args.model), ("generator.checkpoint", args.checkpoint),
-                       ("generator.backend", args.backend)):
+                       ("generator.backend", args.backend), ("generator.fomm_size", args.fomm_size),
+                       ("generator.fomm_config", args.fomm_config)):
         if value is not None:
             overrides[key] = value
     if args.no_crop:

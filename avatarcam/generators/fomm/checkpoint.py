@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,14 @@ from avatarcam.generators.fomm.model import (
     KeypointDetectorParams,
 )
 
-__all__ = ["build_fomm_modules", "infer_fomm_config", "load_fomm_checkpoint", "read_fomm_state_dicts"]
+__all__ = [
+    "FommYamlConfig",
+    "build_fomm_modules",
+    "infer_fomm_config",
+    "load_fomm_checkpoint",
+    "read_fomm_state_dicts",
+    "read_fomm_yaml",
+]
 
 StateDict = Mapping[str, Tensor]
 
@@ -226,6 +234,70 @@ def infer_fomm_config(
         )
     except ConfigError as error:  # the shapes describe no valid FOMM model (e.g. zero-width layers)
         raise ModelFileError(f"cannot infer a FOMM config from the checkpoint shapes: {error}") from error
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# FOMM's own YAML config (config/vox-adv-256.yaml and the like, which Avatarify users pass with --config).
+# --------------------------------------------------------------------------------------------------------------------
+
+# The model sections FaceMimic reads from model_params; discriminator_params (training only) is ignored.
+_MODEL_SECTIONS = ("common_params", "kp_detector_params", "generator_params")
+
+
+@dataclass(frozen=True)
+class FommYamlConfig:
+    """What FaceMimic takes from a FOMM YAML file: the model hyperparameters and the frame size it was trained at."""
+
+    path: Path
+    config: FommConfig
+    """model_params as a FommConfig (align_corners False, as the original code runs on torch >= 1.3)."""
+    frame_size: int | None
+    """Side in pixels of dataset_params.frame_shape ([H, W, C], square); None when the file has no frame_shape."""
+
+
+def read_fomm_yaml(path: str | os.PathLike[str]) -> FommYamlConfig:
+    """Read a FOMM YAML config (yaml.safe_load): model_params and dataset_params.frame_shape; ConfigError if unusable.
+
+    Only `model_params.{common_params, kp_detector_params, generator_params}` and `dataset_params.frame_shape` are
+    read; training sections (train_params, discriminator_params, augmentation, ...) are ignored.
+    """
+    import yaml
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"FOMM config {path} does not exist: pass FOMM's YAML file, e.g. first-order-model/config/vox-adv-256.yaml "
+            f"(--fomm-config or generator.fomm_config), or leave it unset for the vox-256 defaults"
+        )
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"FOMM config {path} is not valid YAML: {error}") from None
+    if not isinstance(tree, Mapping) or not isinstance(tree.get("model_params"), Mapping):
+        raise ConfigError(
+            f"FOMM config {path} has no model_params mapping: expected FOMM's YAML layout (dataset_params, "
+            f"model_params with common_params, kp_detector_params, generator_params), e.g. config/vox-adv-256.yaml"
+        )
+    model_params = {k: v for k, v in tree["model_params"].items() if k in _MODEL_SECTIONS}
+    try:
+        config = FommConfig.from_model_params(model_params)
+    except ConfigError as error:
+        raise ConfigError(f"FOMM config {path}: {error}") from None
+    frame_size = None
+    dataset = tree.get("dataset_params")
+    shape = dataset.get("frame_shape") if isinstance(dataset, Mapping) else None
+    if shape is not None:
+        valid = (
+            isinstance(shape, (list, tuple)) and len(shape) in (2, 3)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+        )
+        if not valid or shape[0] != shape[1]:
+            raise ConfigError(
+                f"FOMM config {path}: dataset_params.frame_shape is {shape!r}, expected a square [size, size, 3] "
+                f"such as [256, 256, 3]; FaceMimic runs FOMM on square frames"
+            )
+        frame_size = int(shape[0])
+    return FommYamlConfig(path=path, config=config, frame_size=frame_size)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -31,17 +31,19 @@ import numpy as np
 
 from avatarcam.backends.base import ModelIO, TensorSpec
 from avatarcam.backends.models import ExportRecipe
-from avatarcam.errors import ConfigError, FaceMimicError, ModelFileError
+from avatarcam.errors import ConfigError, EngineError, FaceMimicError, ModelFileError
 from avatarcam.paths import PROJECT_ROOT
 
 __all__ = [
     "CHECKPOINT_ENV",
+    "DEFAULT_IMAGE_SIZE",
     "FRAME_GENERATOR",
+    "FRAME_MOTION",
     "KP_DETECTOR",
     "MODEL_NAMES",
     "SOURCE_ENCODER",
     "FommModels",
-    "default_image_size",
+    "choose_image_size",
     "ensure_exported",
     "export_folder",
     "frame_generator_recipe",
@@ -59,13 +61,15 @@ KP_DETECTOR = "fomm_kp_detector"
 SOURCE_ENCODER = "fomm_source_encoder"
 FRAME_GENERATOR = "fomm_frame_generator"
 MODEL_NAMES = (KP_DETECTOR, SOURCE_ENCODER, FRAME_GENERATOR)
+# The float32 first half of the frame generator (dense motion + warped encoding), exported only for the bf16 CPU
+# path (fomm_fast), which runs it on ONNX Runtime and the rest of the generator in bf16 on torch.
+FRAME_MOTION = "fomm_frame_motion"
 
 CHECKPOINT_ENV = "FACEMIMIC_FOMM_CHECKPOINT"
 SMOKE_CHECKPOINT = PROJECT_ROOT / "tests" / "fixtures" / "fomm" / "tiny-checkpoint.pth.tar"
-# Every released FOMM checkpoint (vox, vox-adv, taichi, fashion, mgif, bair, nemo) was trained on 256x256 frames.
-TRAINED_IMAGE_SIZE = 256
-# The released models' generators start at 64 channels; narrower ones are test-sized models (the fixture's tiny one).
-RELEASED_MIN_BLOCK_EXPANSION = 64
+# FOMM's demo and Avatarify resize source and driving frames to 256x256 whatever the checkpoint's layer widths, and
+# every released FOMM checkpoint (vox, vox-adv, taichi, fashion, mgif, bair, nemo) was trained at 256x256.
+DEFAULT_IMAGE_SIZE = 256
 KEY_CHARS = 16
 
 
@@ -74,13 +78,13 @@ class FommModels:
     """A loaded checkpoint: torch modules in eval mode, the image size they run at and the weights' cache key."""
 
     config: Any
-    """The FommConfig inferred from the checkpoint's shapes."""
+    """The FommConfig: from the FOMM YAML when one was given, else inferred from the checkpoint's shapes."""
     kp_detector: Any
     """FommKeypointDetector; None once released (no runtime runs torch)."""
     generator: Any
     """FommGenerator; None once released."""
     image_size: int
-    """Side of the square crops the models see, in pixels (256 for vox)."""
+    """Side of the square crops the models see, in pixels (256 unless the user chose another, see choose_image_size)."""
     key: str
     """`weights_key` of the two modules: names the export folder."""
     checkpoint: Path
@@ -90,13 +94,26 @@ class FommModels:
         return replace(self, kp_detector=None, generator=None)
 
 
-def default_image_size(config: Any) -> int:
-    """256 for the released FOMM models; the smallest size a narrower (test-sized) model accepts."""
-    if config.generator.block_expansion >= RELEASED_MIN_BLOCK_EXPANSION:
-        size = TRAINED_IMAGE_SIZE
-        config.check_image_size(size, size)
-        return size
-    return max(config.image_size_multiple, 64)
+def choose_image_size(config: Any, *, image_size: int | None = None, fomm_yaml: Any = None) -> int:
+    """The model's square input size: image_size if given, else the FOMM YAML's frame_shape, else 256.
+
+    Never guessed from the layer widths: FOMM's demo and Avatarify run every checkpoint at 256x256, so a checkpoint
+    of other widths at another size would animate differently from the original code. ConfigError names the value,
+    where it came from and the sizes this model accepts.
+    """
+    if image_size is not None:
+        size, origin = image_size, "generator.fomm_size (--fomm-size)"
+    elif fomm_yaml is not None and fomm_yaml.frame_size is not None:
+        size, origin = fomm_yaml.frame_size, f"dataset_params.frame_shape of {fomm_yaml.path}"
+    else:
+        size, origin = DEFAULT_IMAGE_SIZE, "the default"
+    if isinstance(size, bool) or not isinstance(size, int) or size % config.image_size_multiple or size <= 0:
+        allowed = ", ".join(map(str, config.allowed_image_sizes()))
+        raise ConfigError(
+            f"FOMM input size {size!r} (from {origin}) does not fit this model: it needs a multiple of "
+            f"{config.image_size_multiple}, i.e. one of {allowed}, ...; 256 is what FOMM's demo and Avatarify use"
+        )
+    return size
 
 
 def weights_key(kp_detector: Any, generator: Any) -> str:
@@ -109,15 +126,22 @@ def weights_key(kp_detector: Any, generator: Any) -> str:
     return digest.hexdigest()[:KEY_CHARS]
 
 
-def load_fomm_models(checkpoint: Path | str, *, image_size: int | None = None) -> FommModels:
-    """Load a checkpoint (config inferred from its shapes) and compute its cache key; ModelFileError if unusable."""
-    from avatarcam.generators.fomm.checkpoint import load_fomm_checkpoint
+def load_fomm_models(
+    checkpoint: Path | str, *, image_size: int | None = None, fomm_config: Path | str | None = None
+) -> FommModels:
+    """Load a checkpoint and compute its cache key; ModelFileError if unusable, ConfigError for a bad size or YAML.
+
+    fomm_config: FOMM's own YAML (e.g. config/vox-adv-256.yaml); its model_params must describe the checkpoint, and
+    its dataset_params.frame_shape sets the size when image_size is None. Without it the config is inferred from the
+    checkpoint's shapes. The size is `choose_image_size`'s: 256 unless the user says otherwise.
+    """
+    from avatarcam.generators.fomm.checkpoint import load_fomm_checkpoint, read_fomm_yaml
 
     checkpoint = Path(checkpoint).expanduser()
-    kp_detector, generator = load_fomm_checkpoint(checkpoint)
+    fomm_yaml = None if fomm_config is None else read_fomm_yaml(fomm_config)
+    kp_detector, generator = load_fomm_checkpoint(checkpoint, None if fomm_yaml is None else fomm_yaml.config)
     config = kp_detector.config
-    size = default_image_size(config) if image_size is None else image_size
-    config.check_image_size(size, size)
+    size = choose_image_size(config, image_size=image_size, fomm_yaml=fomm_yaml)
     return FommModels(
         config=config,
         kp_detector=kp_detector,
@@ -141,7 +165,7 @@ def _feature_shape(models: FommModels) -> tuple[int, int, int, int]:
 
 
 def model_io(models: FommModels) -> dict[str, ModelIO]:
-    """name -> ModelIO of the three models at models.image_size (what the torch runtime declares)."""
+    """name -> ModelIO of the three models (and FRAME_MOTION) at models.image_size (what the torch runtime declares)."""
     size, num_kp = models.image_size, models.config.num_kp
     channels = models.config.num_channels
 
@@ -150,22 +174,21 @@ def model_io(models: FommModels) -> dict[str, ModelIO]:
 
     image = (1, channels, size, size)
     kp = (spec("kp_value", (1, num_kp, 2)), spec("kp_jacobian", (1, num_kp, 2, 2)))
+    frame_inputs = (
+        spec("source_image", image),
+        spec("source_features", _feature_shape(models)),
+        spec("kp_source_value", (1, num_kp, 2)),
+        spec("kp_source_jacobian", (1, num_kp, 2, 2)),
+        spec("kp_driving_value", (1, num_kp, 2)),
+        spec("kp_driving_jacobian", (1, num_kp, 2, 2)),
+    )
     return {
         KP_DETECTOR: ModelIO(inputs=(spec("image", image),), outputs=kp),
         SOURCE_ENCODER: ModelIO(
             inputs=(spec("source_image", image),), outputs=(spec("source_features", _feature_shape(models)),)
         ),
-        FRAME_GENERATOR: ModelIO(
-            inputs=(
-                spec("source_image", image),
-                spec("source_features", _feature_shape(models)),
-                spec("kp_source_value", (1, num_kp, 2)),
-                spec("kp_source_jacobian", (1, num_kp, 2, 2)),
-                spec("kp_driving_value", (1, num_kp, 2)),
-                spec("kp_driving_jacobian", (1, num_kp, 2, 2)),
-            ),
-            outputs=(spec("prediction", image),),
-        ),
+        FRAME_GENERATOR: ModelIO(inputs=frame_inputs, outputs=(spec("prediction", image),)),
+        FRAME_MOTION: ModelIO(inputs=frame_inputs, outputs=(spec("warped_features", _feature_shape(models)),)),
     }
 
 
@@ -177,12 +200,14 @@ def _random_keypoints(rng: np.random.Generator, num_kp: int) -> tuple[np.ndarray
 
 
 def _module_builders(models: FommModels) -> dict[str, Callable[[], Any]]:
+    from avatarcam.generators.fomm.fast import FommFrameMotion
     from avatarcam.generators.fomm.model import FommFrameGenerator, FommSourceEncoder
 
     return {
         KP_DETECTOR: lambda: models.kp_detector,
         SOURCE_ENCODER: lambda: FommSourceEncoder(models.generator),
         FRAME_GENERATOR: lambda: FommFrameGenerator(models.generator),
+        FRAME_MOTION: lambda: FommFrameMotion(models.generator),
     }
 
 
@@ -193,11 +218,14 @@ def _make_inputs(models: FommModels, name: str) -> Callable[[np.random.Generator
     def make(rng: np.random.Generator) -> dict[str, np.ndarray]:
         feed: dict[str, np.ndarray] = {}
         for spec in io.inputs:
+            if spec.shape is None or None in spec.shape:
+                raise EngineError(f"FOMM export input {spec.name} has no static shape ({spec.shape}): a bug")
+            shape = tuple(int(d) for d in spec.shape if d is not None)
             if spec.name in ("image", "source_image"):
-                feed[spec.name] = rng.uniform(0.0, 1.0, size=spec.shape).astype(np.float32)
+                feed[spec.name] = rng.uniform(0.0, 1.0, size=shape).astype(np.float32)
             elif spec.name == "source_features":
                 # Encoder features come out of ReLU and average pooling: non-negative, order 1.
-                feed[spec.name] = rng.uniform(0.0, 2.0, size=spec.shape).astype(np.float32)
+                feed[spec.name] = rng.uniform(0.0, 2.0, size=shape).astype(np.float32)
         if "kp_source_value" in {s.name for s in io.inputs}:
             feed["kp_source_value"], feed["kp_source_jacobian"] = _random_keypoints(rng, num_kp)
             feed["kp_driving_value"], feed["kp_driving_jacobian"] = _random_keypoints(rng, num_kp)
@@ -207,7 +235,7 @@ def _make_inputs(models: FommModels, name: str) -> Callable[[np.random.Generator
 
 
 def recipes_for(models: FommModels) -> dict[str, ExportRecipe]:
-    """name -> ExportRecipe of the three FOMM models of one loaded checkpoint (static shapes, batch 1)."""
+    """name -> ExportRecipe of the FOMM models (model_io's names) of one loaded checkpoint (static shapes, batch 1)."""
     recipes = {}
     builders = _module_builders(models)
     for name, io in model_io(models).items():

@@ -283,13 +283,19 @@ class FommConfig:
             multiple = math.lcm(multiple, round(2**blocks / scale))
         return multiple
 
+    def allowed_image_sizes(self, up_to: int = 1024) -> list[int]:
+        """The square input sizes (pixels) this model accepts, up to `up_to`: the multiples of image_size_multiple."""
+        m = self.image_size_multiple
+        return list(range(m, max(up_to, m) + 1, m))
+
     def check_image_size(self, height: int, width: int) -> None:
         """Raise ConfigError unless an input of height x width pixels fits this model."""
         m = self.image_size_multiple
         if height % m or width % m or height < m or width < m:
+            allowed = ", ".join(map(str, self.allowed_image_sizes()))
             raise ConfigError(
                 f"image size {width}x{height}: this FOMM model needs width and height that are positive multiples "
-                f"of {m} (vox-256 is trained at 256x256); resize or crop the avatar and the driving frames"
+                f"of {m} ({allowed}, ...; FOMM's demo and Avatarify use 256x256); choose one of those sizes"
             )
 
 
@@ -665,6 +671,14 @@ class FommGenerator(nn.Module):
         deformation, occlusion_map, mask = self.dense_motion_network(
             source_image, kp_source_value, kp_source_jacobian, kp_driving_value, kp_driving_jacobian
         )
+        out = self.bottleneck(self.warped_features(source_features, deformation, occlusion_map))
+        for block in self.up_blocks:
+            out = block(out)
+        prediction = torch.sigmoid(self.final(out))
+        return prediction, occlusion_map, mask, deformation
+
+    def warped_features(self, source_features: Tensor, deformation: Tensor, occlusion_map: Tensor) -> Tensor:
+        """The bottleneck's input: the encoding warped by the deformation and multiplied by the occlusion map."""
         warp, visibility = deformation, occlusion_map
         if self.resize_motion:
             size = source_features.shape[2:]
@@ -673,11 +687,7 @@ class FommGenerator(nn.Module):
         out = F.grid_sample(
             source_features, warp, mode="bilinear", padding_mode="zeros", align_corners=self.align_corners
         )
-        out = self.bottleneck(out * visibility)
-        for block in self.up_blocks:
-            out = block(out)
-        prediction = torch.sigmoid(self.final(out))
-        return prediction, occlusion_map, mask, deformation
+        return out * visibility
 
     @torch.no_grad()
     def generate(self, source_image: Tensor, kp_source: FommKeypoints, kp_driving: FommKeypoints) -> FommFrameOutput:

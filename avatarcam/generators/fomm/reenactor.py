@@ -20,6 +20,10 @@ output, then eases back to the avatar at rest.
 
 Runtimes: each of the three models (fomm_export.MODEL_NAMES) goes through the backends layer on its own, with the
 CPU runtime that measured faster for it; ONNX files are exported on first use into engines/fomm-<weights hash>/.
+Input size: 256x256 for every checkpoint, as FOMM's demo and Avatarify, unless generator.fomm_size or the FOMM
+YAML's frame_shape says otherwise (fomm_export.choose_image_size). Precision (generator.fomm_precision): on a CPU
+with native bf16, backend auto runs the frame generator as a float32 motion half on ONNX Runtime and a bf16 decoder
+on torch (fomm_fast, `generator_precision`); fp32 keeps the exact exported graphs.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +41,7 @@ import cv2
 import numpy as np
 
 from avatarcam.avatars import Avatar, read_image
-from avatarcam.errors import ConfigError, FaceMimicError, ModelFileError
+from avatarcam.errors import ConfigError, EngineError, FaceMimicError, ModelFileError
 from avatarcam.filters import OneEuroFilter
 from avatarcam.motion import MotionSettings
 from avatarcam.paths import ENGINES_DIR, PROJECT_ROOT
@@ -94,6 +98,11 @@ TENSORRT_PRECISIONS = {
     "fomm_source_encoder": "fp16",
     "fomm_frame_generator": "fp16",
 }
+
+# generator.fomm_precision: fp32 is the exact port everywhere; bf16 runs the CPU frame generator's convolution stacks
+# in bfloat16 (fomm_fast, CPUs with native bf16 only); auto picks bf16 when the frame generator runs on a CPU that has
+# it and fp32 otherwise (GPUs use TENSORRT_PRECISIONS).
+PRECISIONS = ("auto", "fp32", "bf16")
 
 _NOT_SHIPPED = (
     "Avatarify users usually have vox-adv-cpk.pth.tar (or vox-cpk.pth.tar) in their avatarify folder; FaceMimic never "
@@ -216,9 +225,8 @@ class CropTracker:
     def __call__(self, box: CropBox, time_s: float) -> CropBox:
         """The smoothed box for this frame."""
         first = self._unit is None
-        if first:
-            self._unit = box.side
-        smooth = self._filter(box.as_array() / self._unit, time_s).astype(np.float64) * self._unit
+        unit = self._unit = box.side if self._unit is None else self._unit
+        smooth = self._filter(box.as_array() / unit, time_s).astype(np.float64) * unit
         if first:
             return box  # exactly the calibration crop when the neutral frame is rendered (the filter is float32)
         return CropBox(center_x=float(smooth[0]), center_y=float(smooth[1]), side=float(smooth[2]))
@@ -309,7 +317,12 @@ class FommSettings:
     canvas_size: int = 512
     engines_dir: Path = ENGINES_DIR
     image_size: int | None = None
-    """Side of the model's square input; None: 256 for released checkpoints (see fomm_export.default_image_size)."""
+    """Side of the model's square input (generator.fomm_size); None: fomm_config's frame_shape, else 256."""
+    fomm_config: Path | None = None
+    """FOMM's own YAML (generator.fomm_config), e.g. first-order-model/config/vox-adv-256.yaml; None: from shapes."""
+    precision: str = "auto"
+    """Frame generator on CPU (generator.fomm_precision): fp32 (exact), bf16 (fomm_fast), auto (bf16 if native and
+    backend is auto)."""
     cpu_runtimes: dict[str, str] = field(default_factory=lambda: dict(CPU_RUNTIMES))
     tensorrt_precisions: dict[str, str] = field(default_factory=lambda: dict(TENSORRT_PRECISIONS))
 
@@ -318,6 +331,15 @@ class FommSettings:
 
         if self.backend not in BACKEND_CHOICES:
             raise ConfigError(f"generator.backend {self.backend!r} is not one of {', '.join(BACKEND_CHOICES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"generator.fomm_precision {self.precision!r} is not one of {', '.join(PRECISIONS)}"
+            )
+        if self.precision == "bf16" and self.backend not in ("auto", "torch"):
+            raise ConfigError(
+                f"generator.fomm_precision bf16 runs the frame generator on torch, but generator.backend is "
+                f"{self.backend!r}: use backend auto or torch, or fomm_precision fp32 / auto"
+            )
         if self.canvas_size < 64:
             raise ConfigError(f"generator.canvas_size {self.canvas_size} is too small: expected at least 64")
         tables = (("cpu_runtimes", self.cpu_runtimes), ("tensorrt_precisions", self.tensorrt_precisions))
@@ -446,6 +468,49 @@ def _needs_onnx(requested: str, cpu_runtime: str, hardware: Any) -> bool:
     return gpu or cpu_runtime == "onnxruntime"
 
 
+def _gpu_runs(requested: str, hardware: Any) -> bool:
+    """Whether backend `requested` puts the models on a GPU here."""
+    if requested == "tensorrt":
+        return True
+    if requested == "onnxruntime":
+        return hardware.cuda_available and hardware.onnxruntime_cuda
+    if requested == "torch":
+        return hardware.cuda_available and hardware.torch_cuda
+    return hardware.cuda_available and (
+        (hardware.tensorrt_version is not None and hardware.torch_cuda) or hardware.onnxruntime_cuda
+        or hardware.torch_cuda
+    )
+
+
+def generator_precision(settings: FommSettings, hardware: Any, log_line: Callable[[str], None] = log.info) -> str:
+    """'bf16' if the frame generator runs fomm_fast's bf16 path on this CPU, else 'fp32'; see FommSettings.precision.
+
+    auto means bf16 only for backend auto on a CPU with native bf16 (else fp32, saying why when the CPU is the reason);
+    an explicit bf16 that cannot run natively is an EngineError with the reason and the fix.
+    """
+    from avatarcam.generators.fomm.fast import bf16_native
+
+    if settings.precision == "fp32":
+        return "fp32"
+    if settings.precision == "auto" and (settings.backend != "auto" or _gpu_runs(settings.backend, hardware)):
+        return "fp32"  # a named backend runs the exported fp32 graphs, as it always did
+    if _gpu_runs(settings.backend, hardware):
+        raise EngineError(
+            f"generator.fomm_precision bf16 is a CPU path, but backend {settings.backend!r} runs on the GPU here: "
+            f"use fomm_precision auto (TensorRT fp16 / CUDA) or backend onnxruntime on CPU with fp32"
+        )
+    usable, reason = bf16_native()
+    if usable:
+        log_line(f"fomm_frame_generator: bf16 on CPU ({reason}); --fomm-precision fp32 gives the exact path")
+        return "bf16"
+    if settings.precision == "bf16":
+        raise EngineError(
+            f"generator.fomm_precision bf16 was requested but {reason}: use fomm_precision auto or fp32 on this CPU"
+        )
+    log_line(f"fomm_frame_generator: fp32 ({reason})")
+    return "fp32"
+
+
 class FommRuntime:
     """The three FOMM models of one checkpoint, each opened on its selected runtime."""
 
@@ -457,8 +522,12 @@ class FommRuntime:
 
         hardware = detect_hardware() if hardware is None else hardware
         ios = fx.model_io(models)
+        self.precision = generator_precision(settings, hardware, log_line)
+        fast = {fx.FRAME_GENERATOR} if self.precision == "bf16" else set()
         needs = tuple(n for n in fx.MODEL_NAMES
-                      if _needs_onnx(settings.backend, settings.cpu_runtimes[n], hardware))
+                      if n not in fast and _needs_onnx(settings.backend, settings.cpu_runtimes[n], hardware))
+        if fast and hardware.onnxruntime_available:
+            needs += (fx.FRAME_MOTION,)
         paths = {}
         if needs:
             paths = fx.ensure_exported(models, engines_dir=settings.engines_dir, names=needs, log_line=log_line)
@@ -466,6 +535,13 @@ class FommRuntime:
         runners: dict[str, _LockedRunner] = {}
         try:
             for name in fx.MODEL_NAMES:
+                if name in fast:
+                    runners[name] = _LockedRunner(_SplitGenerator(
+                        models, ios, onnx_path=paths.get(fx.FRAME_MOTION), folder=folder, hardware=hardware,
+                        log_line=log_line,
+                    ))
+                    log_line(f"{name}: using {runners[name].label}")
+                    continue
                 spec = ModelSpec(
                     name=name,
                     onnx_path=paths.get(name, folder / f"{name}.onnx"),
@@ -520,6 +596,58 @@ class FommRuntime:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _project_path(value: str | Path | None) -> Path | None:
+    """A user-given path as given (~ expanded), else relative to the project folder; None stays None."""
+    if value is None or not str(value).strip():
+        return None
+    path = Path(str(value)).expanduser()
+    return PROJECT_ROOT / path if not path.is_absolute() and not path.exists() else path
+
+
+class _SplitGenerator:
+    """The bf16 frame generator: fomm_fast.FommFrameMotion (float32, ONNX Runtime, else torch), then
+    fomm_fast.FommFastDecoder (bf16, torch). Runner-shaped: name, label, run(inputs) -> {'prediction': ...}, close()."""
+
+    def __init__(self, models: Any, ios: dict[str, Any], *, onnx_path: Path | None, folder: Path, hardware: Any,
+                 log_line: Callable[[str], None]) -> None:
+        from avatarcam.backends.base import ModelIO, TensorSpec
+        from avatarcam.backends.selection import ModelSpec, open_backend
+        from avatarcam.backends.torch_runner import TorchRunner
+        from avatarcam.generators.fomm import export as fx
+        from avatarcam.generators.fomm.fast import FommFastDecoder
+
+        self.name = fx.FRAME_GENERATOR
+        motion_io = ios[fx.FRAME_MOTION]
+        spec = ModelSpec(name=fx.FRAME_MOTION, onnx_path=onnx_path or folder / f"{fx.FRAME_MOTION}.onnx",
+                         torch_module=fx.torch_module_factory(models, fx.FRAME_MOTION), io=motion_io,
+                         cpu_runtime="onnxruntime", engines_dir=folder)
+        # The bf16 path runs only when no GPU takes the generator, so auto here means ONNX Runtime, else torch, on CPU.
+        self.motion = open_backend("auto", spec, hardware=replace(hardware, cuda_available=False), log=log_line)
+        warped = motion_io.outputs[0]
+        decoder_io = ModelIO(inputs=(TensorSpec(name=warped.name, shape=warped.shape, dtype="float32"),),
+                             outputs=ios[fx.FRAME_GENERATOR].outputs)
+        size = models.image_size
+        try:
+            self.decoder = TorchRunner(module=lambda: FommFastDecoder(models.generator, size), io=decoder_io,
+                                       device="cpu", name="fomm_fast_decoder").open()
+        except BaseException:
+            self.motion.close()
+            raise
+
+    @property
+    def label(self) -> str:
+        """e.g. 'onnxruntime-cpu+torch-cpu-bf16'."""
+        return f"{self.motion.label}+{self.decoder.label}-bf16"
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        warped = self.motion.run(inputs)["warped_features"]
+        return self.decoder.run({"warped_features": warped})
+
+    def close(self) -> None:
+        self.motion.close()
+        self.decoder.close()
+
+
 def resolve_checkpoint(value: str | Path | None) -> Path:
     """The checkpoint path from generator.checkpoint: as given (~ expanded), else relative to the project folder."""
     if value is None or not str(value).strip():
@@ -527,9 +655,8 @@ def resolve_checkpoint(value: str | Path | None) -> Path:
             "generator.model is fomm but generator.checkpoint is not set: point it at your FOMM checkpoint, e.g. "
             f"`--checkpoint ~/avatarify/vox-adv-cpk.pth.tar`. {_NOT_SHIPPED}"
         )
-    path = Path(str(value)).expanduser()
-    if not path.is_absolute() and not path.exists():
-        path = PROJECT_ROOT / path
+    path = _project_path(value)
+    assert path is not None
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise ModelFileError(
@@ -551,7 +678,8 @@ class FommReenactor:
         self.settings = settings
         self.canvas_size = settings.canvas_size
         self.motion = FommMotionControls(motion)
-        self.models = load_fomm_models(resolve_checkpoint(settings.checkpoint), image_size=settings.image_size)
+        self.models = load_fomm_models(resolve_checkpoint(settings.checkpoint), image_size=settings.image_size,
+                                       fomm_config=settings.fomm_config)
         self.image_size = self.models.image_size
         self.runners = FommRuntime(models=self.models, settings=settings, hardware=hardware, log_line=log_line)
         if not any(label.startswith("torch") for label in self.runners.labels.values()):
@@ -625,8 +753,8 @@ class FommReenactor:
                 points = avatar.points
             box = face_box(points)
             crop_bgr = crop_square(canvas, box, size=size)
-            crop_to_canvas = box.crop_to_image(size)
-            alpha = cv2.warpAffine(_feather_mask(size), crop_to_canvas, (canvas_size, canvas_size),
+            crop_to_canvas: np.ndarray | None = box.crop_to_image(size)
+            alpha: np.ndarray | None = cv2.warpAffine(_feather_mask(size), crop_to_canvas, (canvas_size, canvas_size),
                                    flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
             rest = np.ascontiguousarray(canvas).copy()
         else:
@@ -679,6 +807,8 @@ class FommReenactor:
         if not self.settings.crop:
             _bgr_to_model(_resize(frame_bgr, self.image_size, out=crop_bgr), image)
             return None
+        if observed.face is None:
+            raise FaceMimicError("a cropped driver frame needs a face: render() checks this before cropping")
         box = face_box(observed.face.points_px)
         if time_s is not None:
             box = self._tracker(box, time_s)
@@ -707,7 +837,7 @@ class FommReenactor:
             out[...] = prepared.rest_canvas_bgr
             return out
         seen = observed is not None and (observed.face is not None or not self.settings.crop)
-        if not seen:
+        if observed is None or not seen:
             return self._render_lost(prepared, time_s, out, timings)
         start = time.perf_counter()
         self._driver_crop(observed, time_s, self._input, self._crop_bgr)
@@ -806,7 +936,7 @@ class FommReenactor:
 
 
 def build_fomm_reenactor(config: Any, *, hardware: Any = None) -> FommReenactor:
-    """The FOMM reenactor for config.generator (checkpoint, backend, crop, canvas_size) and config.motion."""
+    """The FOMM reenactor for config.generator (checkpoint, backend, crop, canvas_size, fomm_*) and config.motion."""
     g, m = config.generator, config.motion
     motion = MotionSettings(
         intensity=dict(vars(m.intensity)), head_rotation=m.head_rotation, head_translation=m.head_translation,
@@ -815,5 +945,6 @@ def build_fomm_reenactor(config: Any, *, hardware: Any = None) -> FommReenactor:
     )
     settings = FommSettings(
         checkpoint=resolve_checkpoint(g.checkpoint), backend=g.backend, crop=g.crop, canvas_size=g.canvas_size,
+        image_size=g.fomm_size, fomm_config=_project_path(g.fomm_config), precision=g.fomm_precision,
     )
     return FommReenactor(settings=settings, motion=motion, hardware=hardware)

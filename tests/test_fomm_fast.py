@@ -1,0 +1,207 @@
+"""The bf16 FOMM frame generator (fomm_fast): its stated tolerance, its run-time detection and fallback.
+
+The tolerance is measured on checkpoints with realistic activations (the tiny fixture's calibrated batch norms; the
+heavy test does the same for vox-256 shapes), against the exact float32 port and against the original code's output
+in parity-256.npz. Measured on an AMD EPYC (avx512_bf16): tiny max |diff| 0.035-0.038, PSNR 50.1-50.2 dB; vox-256
+with calibrated batch norms (tools/bench_fomm.py --calibrated) 0.015, 55.7 dB. The bounds below leave headroom for other bf16 kernels (AMX, emulation) while a wrong answer (the
+next frame's picture, un-folded batch norms) lands far outside them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from avatarcam.backends.hardware import HardwareFacts
+from avatarcam.errors import ConfigError, EngineError
+from avatarcam.generators.fomm import fast as fomm_fast
+from avatarcam.generators.fomm.reenactor import FommReenactor, FommSettings, generator_precision
+from avatarcam.generators.fomm.export import load_fomm_models
+from avatarcam.generators.fomm.fast import FommFastFrameGenerator, bf16_native, cpu_flags
+from avatarcam.generators.fomm.model import FommFrameGenerator, normalize_kp
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FIXTURES = ROOT / "tests" / "fixtures" / "fomm"
+TINY = FIXTURES / "tiny-checkpoint.pth.tar"
+# The bf16 path's tolerance against the exact float32 path (and the original code), predictions in [0, 1].
+BF16_MAX_ABS = 0.08
+BF16_MIN_PSNR_DB = 42.0
+CPU_ONLY = HardwareFacts(onnxruntime_providers=("CPUExecutionProvider",), torch_available=True)
+GPU = replace(CPU_ONLY, cuda_available=True, torch_cuda=True, gpu_name="test GPU")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def to_tensor(bgr: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1].transpose(2, 0, 1))[None].astype(np.float32) / 255)
+
+
+@pytest.fixture(scope="module")
+def tiny_frames():
+    """Per frame of parity-256.npz: the generator inputs, the exact and the bf16 prediction, the original's."""
+    models = load_fomm_models(TINY)
+    with np.load(FIXTURES / "parity-256.npz") as data:
+        fixture = {name: data[name] for name in data.files}
+    exact, fast = FommFrameGenerator(models.generator), FommFastFrameGenerator(models.generator)
+    rows = []
+    with torch.inference_mode():
+        source = to_tensor(fixture["source_bgr"])
+        features = models.generator.encode_source(source)
+        kp_source = models.kp_detector.detect(source)
+        initial = models.kp_detector.detect(to_tensor(fixture["driving_bgr"][0]))
+        for i, frame in enumerate(fixture["driving_bgr"]):
+            kp_norm = normalize_kp(kp_source, models.kp_detector.detect(to_tensor(frame)), initial)
+            inputs = (source, features, kp_source.value, kp_source.jacobian, kp_norm.value, kp_norm.jacobian)
+            rows.append({"exact": exact(*inputs)[0].numpy(), "fast": fast(*inputs)[0].numpy(),
+                         "original": fixture["prediction_relative"][i], "inputs": inputs})
+    return models, rows
+
+
+def test_bf16_generator_is_within_its_stated_tolerance_of_the_exact_path(tiny_frames):
+    _, rows = tiny_frames
+    for i, row in enumerate(rows):
+        assert np.abs(row["exact"] - row["original"]).max() <= 5e-4  # the exact path is the original's
+        for reference in ("exact", "original"):
+            error = float(np.abs(row["fast"] - row[reference]).max())
+            quality = psnr(row["fast"], row[reference])
+            assert error <= BF16_MAX_ABS and quality >= BF16_MIN_PSNR_DB, (i, reference, error, quality)
+        assert row["fast"].shape == (3, 256, 256) and row["fast"].dtype == np.float32
+    # Not vacuous: the next frame's exact picture is far outside the tolerance.
+    for a, b in itertools.pairwise(rows):
+        assert np.abs(a["fast"] - b["exact"]).max() > 5 * BF16_MAX_ABS and psnr(a["fast"], b["exact"]) < 30
+
+
+def test_batch_norm_folding_is_exact_algebra(tiny_frames):
+    models, _ = tiny_frames
+    generator = models.generator
+    with torch.inference_mode():
+        out = torch.rand(1, *generator.bottleneck.r0.conv1.weight.shape[1:2], 64, 64, generator=torch.Generator()
+                         .manual_seed(0))
+        # Folding only re-associates float32 sums: outputs of magnitude ~3 agree to ~1e-5 (bound 1e-4).
+        folded = fomm_fast._folded(generator.bottleneck)
+        assert float((folded(out) - generator.bottleneck(out)).abs().max()) <= 1e-4
+        up = fomm_fast._folded(generator.up_blocks[0])
+        assert isinstance(up.norm, torch.nn.Identity)
+        assert float((up(out) - generator.up_blocks[0](out)).abs().max()) <= 1e-4
+        transposed = fomm_fast.UpsampleConvReLU(up)
+        assert float((transposed(out) - generator.up_blocks[0](out)).abs().max()) <= 1e-4
+        # Without folding, dropping the batch norms changes the answer completely.
+        unfolded = fomm_fast._folded(generator.up_blocks[0])
+        unfolded.conv = generator.up_blocks[0].conv
+        assert float((unfolded(out) - generator.up_blocks[0](out)).abs().max()) > 0.1
+
+
+def test_cpu_flags_and_bf16_detection(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")
+    assert {"avx512f", "avx512_bf16"} <= cpu_flags(cpuinfo)
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+    usable, reason = bf16_native()
+    assert isinstance(usable, bool) and reason
+    flags = cpu_flags()
+    if usable:
+        assert any(flag in flags for flag in fomm_fast.BF16_CPU_FLAGS)
+
+
+def test_precision_selection_and_fallback(monkeypatch, tmp_path):
+    def settings(**kw):
+        return FommSettings(checkpoint=TINY, engines_dir=tmp_path, **kw)
+
+    native, _ = bf16_native()
+    lines: list[str] = []
+    assert generator_precision(settings(precision="fp32"), CPU_ONLY) == "fp32"
+    assert generator_precision(settings(backend="torch"), CPU_ONLY) == "fp32"  # a named backend stays exact
+    assert generator_precision(settings(backend="onnxruntime"), CPU_ONLY) == "fp32"
+    assert generator_precision(settings(), GPU) == "fp32"  # GPUs use TensorRT / CUDA precisions
+    assert generator_precision(settings(), CPU_ONLY, lines.append) == ("bf16" if native else "fp32")
+    with pytest.raises(ConfigError, match="backend is 'onnxruntime'"):
+        settings(precision="bf16", backend="onnxruntime")
+    with pytest.raises(ConfigError, match="fomm_precision 'fp16' is not one of auto, fp32, bf16"):
+        settings(precision="fp16")
+    with pytest.raises(EngineError, match="runs on the GPU here"):
+        generator_precision(settings(precision="bf16"), GPU)
+
+    # A CPU without native bf16: auto falls back to fp32 and says why; an explicit bf16 is an error.
+    monkeypatch.setattr(fomm_fast, "bf16_native", lambda: (False, "the CPU has none of avx512_bf16, amx_bf16"))
+    lines.clear()
+    assert generator_precision(settings(), CPU_ONLY, lines.append) == "fp32"
+    assert any("none of avx512_bf16" in line for line in lines)
+    with pytest.raises(EngineError, match="none of avx512_bf16.*use fomm_precision auto or fp32"):
+        generator_precision(settings(precision="bf16"), CPU_ONLY)
+    with FommReenactor(settings=settings(), hardware=CPU_ONLY, log_line=lambda _: None) as reenactor:
+        assert reenactor.runtimes["fomm_frame_generator"] == "onnxruntime-cpu"
+
+
+def test_default_reenactor_uses_bf16_where_native_and_fp32_stays_selectable(tmp_path, tiny_frames):
+    from avatarcam.avatars import Avatar
+    from avatarcam.motion import MotionSettings
+    from avatarcam.types import Frame, Observed
+
+    with np.load(FIXTURES / "parity-256.npz") as data:
+        source_bgr, driving = data["source_bgr"], data["driving_bgr"]
+    avatar = Avatar(name="a", path=None, canvas_bgr=source_bgr, points=np.zeros((478, 3), np.float32))
+    predictions = {}
+    for precision in ("auto", "fp32"):
+        settings = FommSettings(checkpoint=TINY, engines_dir=tmp_path, crop=False, canvas_size=256,
+                                precision=precision)
+        with FommReenactor(settings=settings, motion=MotionSettings(smoothing=0.0), hardware=CPU_ONLY,
+                           log_line=lambda _: None) as reenactor:
+            generator_label = reenactor.runtimes["fomm_frame_generator"]
+            if precision == "fp32" or not bf16_native()[0]:
+                assert generator_label == "onnxruntime-cpu"
+            else:
+                assert generator_label == "onnxruntime-cpu+torch-cpu-bf16"
+            prepared = reenactor.prepare(avatar)
+            neutral = reenactor.neutral_from([Observed(frame=Frame(driving[0], 0, 0.0), face=None)])
+            canvas = np.zeros((256, 256, 3), np.uint8)
+            reenactor.render(prepared, Observed(frame=Frame(driving[1], 1, 0.04), face=None), neutral, 0.04, canvas)
+            predictions[precision] = reenactor.last_prediction[0]
+    _, rows = tiny_frames
+    # fp32 here is ONNX Runtime's graph, whose own parity is tested in test_fomm_export.py.
+    for reference in (predictions["fp32"], rows[1]["original"]):
+        assert np.abs(predictions["auto"] - reference).max() <= BF16_MAX_ABS
+        assert psnr(predictions["auto"], reference) >= BF16_MIN_PSNR_DB
+
+
+@pytest.mark.heavy
+def test_vox256_shaped_bf16_generator_within_tolerance():
+    """vox-256 widths, batch norms calibrated on real images (tools/bench_fomm.py's weights), 3 driving frames."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import bench_fomm
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    from avatarcam.generators.fomm.model import FommConfig, FommGenerator, FommKeypointDetector
+
+    torch.manual_seed(0)
+    config = FommConfig.vox256()
+    kp_detector, generator = FommKeypointDetector(config).eval(), FommGenerator(config).eval()
+    with np.load(FIXTURES / "parity-256.npz") as data:
+        frames = [to_tensor(f) for f in (data["source_bgr"], *data["driving_bgr"])]
+    bench_fomm._calibrate_batch_norms(kp_detector, generator, torch.cat(frames))
+    exact, fast = FommFrameGenerator(generator), FommFastFrameGenerator(generator)
+    with torch.inference_mode():
+        source = frames[0]
+        features = generator.encode_source(source)
+        kp_source = kp_detector.detect(source)
+        initial = kp_detector.detect(frames[1])
+        outputs = []
+        for frame in frames[1:]:
+            kp_norm = normalize_kp(kp_source, kp_detector.detect(frame), initial)
+            inputs = (source, features, kp_source.value, kp_source.jacobian, kp_norm.value, kp_norm.jacobian)
+            want, got = exact(*inputs)[0].numpy(), fast(*inputs)[0].numpy()
+            assert want.std() > 0.05  # a structured picture, not the flat grey of uncalibrated random weights
+            error, quality = float(np.abs(got - want).max()), psnr(got, want)
+            assert error <= BF16_MAX_ABS and quality >= BF16_MIN_PSNR_DB, (error, quality)
+            outputs.append(got)
+    assert psnr(outputs[0], outputs[-1]) < 35  # the frames differ: a constant output would pass vacuously
