@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from avatarcam.generators.fomm.reenactor import FommReenactor, FommSettings, crop_square, face_box
+from avatarcam.generators.common.crop import crop_square, face_box
+from avatarcam.generators.fomm.reenactor import FommReenactor, FommSettings
 from avatarcam.motion import MotionSettings
 from avatarcam.offline import render_video
 from tests.conftest import D12, ROOT
@@ -214,7 +215,7 @@ def test_crop_window_maps_back_to_the_canvas_and_frames_the_face_like_vox(portra
 
 
 def test_crop_square_is_exact_at_scale_one_area_averaged_when_shrinking_and_replicates_outside():
-    from avatarcam.generators.fomm.reenactor import CropBox
+    from avatarcam.generators.common.crop import CropBox
 
     image = np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     whole = CropBox(center_x=127.5, center_y=127.5, side=256)  # pixel i covers [i - 0.5, i + 0.5]

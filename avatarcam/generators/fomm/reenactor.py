@@ -43,6 +43,16 @@ import numpy as np
 from avatarcam.avatars import Avatar, read_image
 from avatarcam.errors import ConfigError, EngineError, FaceMimicError, ModelFileError
 from avatarcam.filters import OneEuroFilter
+from avatarcam.generators.common.crop import (
+    CropBox,
+    CropTracker,
+    bgr_to_model_input,
+    crop_square,
+    face_box,
+    feather_mask,
+    resize_square,
+)
+from avatarcam.generators.common.runtime import LockedRunner, gpu_runs, needs_onnx
 from avatarcam.motion import MotionSettings
 from avatarcam.paths import ENGINES_DIR, PROJECT_ROOT
 from avatarcam.types import Observed
@@ -65,19 +75,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Side of the crop as a multiple of the landmarks' larger extent (forehead to chin, cheek to cheek). At 1.6 the face
-# fills about 60 % of the crop, as in FOMM's VoxCeleb crops and inside Avatarify's "fit your face here" rectangle
-# (60 % of the width, 80 % of the height, hair included).
-CROP_SCALE = 1.6
-# MediaPipe's mesh ends at the hairline; vox crops centre the head, hair included, so the window sits a little higher.
-CROP_RAISE = 0.06
-# The generated crop blends into the avatar canvas over this share of the crop side at each edge; FOMM's output is
-# weakest at the crop border (grid_sample pads with zeros there).
-FEATHER_SHARE = 0.12
-# The crop window follows the face through a One Euro filter in units of the window side: strong smoothing when the
-# head is still, little lag when it moves (1 side per second raises the cutoff by CROP_BETA Hz).
-CROP_MIN_CUTOFF_HZ = 1.5
-CROP_BETA = 4.0
 # Keypoint smoothing uses MotionTransfer's mapping of motion.smoothing onto the One Euro cutoff; beta is in keypoint
 # units per second (the face is about one unit wide), hence larger than the mesh's beta in pixels.
 KEYPOINT_BETA = 5.0
@@ -110,126 +107,11 @@ _NOT_SHIPPED = (
 )
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Crops.
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CropBox:
-    """A square window of an image: centre and side in pixels (pixel i covers [i - 0.5, i + 0.5])."""
-
-    center_x: float
-    center_y: float
-    side: float
-
-    def crop_to_image(self, size: int) -> np.ndarray:
-        """(2, 3) float64 affine taking crop pixel coordinates (size x size crop) to image pixel coordinates."""
-        step = self.side / size
-        left, top = self.center_x - self.side / 2, self.center_y - self.side / 2
-        # Crop pixel j covers [j/size, (j+1)/size] of the window, so its centre sits at left + (j + 0.5) * step.
-        return np.array([[step, 0.0, left + 0.5 * step], [0.0, step, top + 0.5 * step]])
-
-    def as_array(self) -> np.ndarray:
-        """(3,) float64 [center_x, center_y, side]."""
-        return np.array([self.center_x, self.center_y, self.side])
-
-
-def face_box(points_px: np.ndarray) -> CropBox:
-    """The square FOMM-style window around a face from its (N, 2+) landmarks in pixels."""
-    xy = np.asarray(points_px, np.float64)[:, :2]
-    low, high = xy.min(0), xy.max(0)
-    extent = float(max(high - low))
-    if not math.isfinite(extent) or extent <= 0:
-        raise FaceMimicError(f"face landmarks span {extent} pixels: expected a positive, finite face size")
-    center = (low + high) / 2
-    return CropBox(center_x=float(center[0]), center_y=float(center[1] - CROP_RAISE * extent),
-                   side=CROP_SCALE * extent)
-
-
-def crop_square(image_bgr: np.ndarray, box: CropBox, *, size: int, out: np.ndarray | None = None) -> np.ndarray:
-    """The box resampled to (size, size, 3) uint8 (area-averaged when shrinking; replicated edges outside the image)."""
-    height, width = image_bgr.shape[:2]
-    # Only the window (plus a pixel) is resampled, so a 4K frame costs what its face region costs.
-    half = box.side / 2 + 1
-    x0, y0 = max(0, math.floor(box.center_x - half)), max(0, math.floor(box.center_y - half))
-    x1, y1 = min(width, math.ceil(box.center_x + half) + 1), min(height, math.ceil(box.center_y + half) + 1)
-    if x1 - x0 < 2 or y1 - y0 < 2:  # the window is (almost) entirely outside the image: use the nearest edge
-        x0, x1 = min(max(0, x0), width - 2), max(min(width, x1), 2)
-        y0, y1 = min(max(0, y0), height - 2), max(min(height, y1), 2)
-    region = image_bgr[y0:y1, x0:x1]
-    step = box.side / size  # image pixels per crop pixel
-    fx = fy = 1.0
-    if step > 1.0:
-        # Shrink by area first, then a bilinear warp does only the sub-pixel remainder: no aliasing, no jitter.
-        small_w, small_h = max(2, round((x1 - x0) / step)), max(2, round((y1 - y0) / step))
-        fx, fy = small_w / (x1 - x0), small_h / (y1 - y0)
-        region = cv2.resize(region, (small_w, small_h), interpolation=cv2.INTER_AREA)
-    to_image = box.crop_to_image(size)
-    to_region = np.array([
-        [fx * to_image[0, 0], 0.0, fx * (to_image[0, 2] - x0 + 0.5) - 0.5],
-        [0.0, fy * to_image[1, 1], fy * (to_image[1, 2] - y0 + 0.5) - 0.5],
-    ])
-    if out is None:
-        out = np.empty((size, size, 3), np.uint8)
-    cv2.warpAffine(region, to_region, (size, size), dst=out, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                   borderMode=cv2.BORDER_REPLICATE)
-    return out
-
-
-def _resize(image: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Whole image to (size, size): area-averaged when shrinking, bilinear when enlarging (aspect not kept)."""
-    h, w = image.shape[:2]
-    if (h, w) == (size, size):
-        if out is None:
-            return image.copy()
-        out[...] = image
-        return out
-    interpolation = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), dst=out, interpolation=interpolation)
-
-
-def _bgr_to_model(image_bgr: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 BGR -> out (1, 3, H, W) float32 RGB in [0, 1], exactly uint8 / 255 as FOMM's input."""
-    np.divide(image_bgr[..., ::-1].transpose(2, 0, 1), np.float32(255.0), out=out[0], dtype=np.float32)
-    return out
-
-
 def _prediction_to_bgr(prediction: np.ndarray, out: np.ndarray) -> np.ndarray:
     """(1, 3, H, W) float32 RGB in [0, 1] -> out (H, W, 3) uint8 BGR, rounded to nearest."""
     rgb = np.ascontiguousarray(prediction[0].transpose(1, 2, 0))
     cv2.cvtColor(cv2.convertScaleAbs(rgb, alpha=255.0), cv2.COLOR_RGB2BGR, dst=out)
     return out
-
-
-def _feather_mask(size: int) -> np.ndarray:
-    """(size, size) float32 in [0, 1]: 1 inside, a smooth ramp to 0 over FEATHER_SHARE of the side at each edge."""
-    centers = np.arange(size, dtype=np.float64) + 0.5
-    ramp = np.clip(np.minimum(centers, size - centers) / (FEATHER_SHARE * size), 0.0, 1.0)
-    ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep: no visible kink where the ramp starts
-    return np.outer(ramp, ramp).astype(np.float32)
-
-
-class CropTracker:
-    """Follows the driver's face box through a One Euro filter (in units of the first box's side)."""
-
-    def __init__(self) -> None:
-        self._filter = OneEuroFilter(min_cutoff_hz=CROP_MIN_CUTOFF_HZ, beta=CROP_BETA, derivative_cutoff_hz=1.0)
-        self._unit: float | None = None
-
-    def reset(self) -> None:
-        """Forget the history; the next box passes unchanged."""
-        self._filter.reset()
-        self._unit = None
-
-    def __call__(self, box: CropBox, time_s: float) -> CropBox:
-        """The smoothed box for this frame."""
-        first = self._unit is None
-        unit = self._unit = box.side if self._unit is None else self._unit
-        smooth = self._filter(box.as_array() / unit, time_s).astype(np.float64) * unit
-        if first:
-            return box  # exactly the calibration crop when the neutral frame is rendered (the filter is float32)
-        return CropBox(center_x=float(smooth[0]), center_y=float(smooth[1]), side=float(smooth[2]))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -434,54 +316,6 @@ class FommMotionControls:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class _LockedRunner:
-    """A runner shared by the render, avatar-loading and hotkey threads: one call at a time, outputs copied."""
-
-    def __init__(self, runner: Any) -> None:
-        self.runner = runner
-        self._lock = threading.Lock()
-
-    @property
-    def label(self) -> str:
-        return self.runner.label
-
-    def run(self, inputs: dict[str, np.ndarray], *, copy: bool = True) -> dict[str, np.ndarray]:
-        with self._lock:
-            outputs = self.runner.run(inputs)
-            # Runner outputs may be staging buffers reused two calls later; keep copies of what outlives the call.
-            return {k: np.array(v) for k, v in outputs.items()} if copy else outputs
-
-    def close(self) -> None:
-        with self._lock:
-            self.runner.close()
-
-
-def _needs_onnx(requested: str, cpu_runtime: str, hardware: Any) -> bool:
-    """Whether backend selection for one model can pick a runtime that reads the ONNX file."""
-    if requested in ("onnxruntime", "tensorrt"):
-        return True
-    if requested == "torch":
-        return False
-    gpu = hardware.cuda_available and (
-        (hardware.tensorrt_version is not None and hardware.torch_cuda) or hardware.onnxruntime_cuda
-    )
-    return gpu or cpu_runtime == "onnxruntime"
-
-
-def _gpu_runs(requested: str, hardware: Any) -> bool:
-    """Whether backend `requested` puts the models on a GPU here."""
-    if requested == "tensorrt":
-        return True
-    if requested == "onnxruntime":
-        return hardware.cuda_available and hardware.onnxruntime_cuda
-    if requested == "torch":
-        return hardware.cuda_available and hardware.torch_cuda
-    return hardware.cuda_available and (
-        (hardware.tensorrt_version is not None and hardware.torch_cuda) or hardware.onnxruntime_cuda
-        or hardware.torch_cuda
-    )
-
-
 def generator_precision(settings: FommSettings, hardware: Any, log_line: Callable[[str], None] = log.info) -> str:
     """'bf16' if the frame generator runs fomm_fast's bf16 path on this CPU, else 'fp32'; see FommSettings.precision.
 
@@ -492,9 +326,9 @@ def generator_precision(settings: FommSettings, hardware: Any, log_line: Callabl
 
     if settings.precision == "fp32":
         return "fp32"
-    if settings.precision == "auto" and (settings.backend != "auto" or _gpu_runs(settings.backend, hardware)):
+    if settings.precision == "auto" and (settings.backend != "auto" or gpu_runs(settings.backend, hardware)):
         return "fp32"  # a named backend runs the exported fp32 graphs, as it always did
-    if _gpu_runs(settings.backend, hardware):
+    if gpu_runs(settings.backend, hardware):
         raise EngineError(
             f"generator.fomm_precision bf16 is a CPU path, but backend {settings.backend!r} runs on the GPU here: "
             f"use fomm_precision auto (TensorRT fp16 / CUDA) or backend onnxruntime on CPU with fp32"
@@ -525,18 +359,18 @@ class FommRuntime:
         self.precision = generator_precision(settings, hardware, log_line)
         fast = {fx.FRAME_GENERATOR} if self.precision == "bf16" else set()
         needs = tuple(n for n in fx.MODEL_NAMES
-                      if n not in fast and _needs_onnx(settings.backend, settings.cpu_runtimes[n], hardware))
+                      if n not in fast and needs_onnx(settings.backend, settings.cpu_runtimes[n], hardware))
         if fast and hardware.onnxruntime_available:
             needs += (fx.FRAME_MOTION,)
         paths = {}
         if needs:
             paths = fx.ensure_exported(models, engines_dir=settings.engines_dir, names=needs, log_line=log_line)
         folder = fx.export_folder(models, engines_dir=settings.engines_dir)
-        runners: dict[str, _LockedRunner] = {}
+        runners: dict[str, LockedRunner] = {}
         try:
             for name in fx.MODEL_NAMES:
                 if name in fast:
-                    runners[name] = _LockedRunner(_SplitGenerator(
+                    runners[name] = LockedRunner(_SplitGenerator(
                         models, ios, onnx_path=paths.get(fx.FRAME_MOTION), folder=folder, hardware=hardware,
                         log_line=log_line,
                     ))
@@ -551,7 +385,7 @@ class FommRuntime:
                     precision=settings.tensorrt_precisions[name],
                     engines_dir=folder,
                 )
-                runners[name] = _LockedRunner(open_backend(settings.backend, spec, hardware=hardware, log=log_line))
+                runners[name] = LockedRunner(open_backend(settings.backend, spec, hardware=hardware, log=log_line))
         except BaseException:
             for runner in runners.values():
                 runner.close()
@@ -747,23 +581,23 @@ class FommReenactor:
             if canvas.shape[:2] != (canvas_size, canvas_size):
                 # Avatars are loaded at canvas_size; any other size is scaled, landmarks with it.
                 factor = canvas_size / canvas.shape[0]
-                canvas = _resize(canvas, canvas_size)
+                canvas = resize_square(canvas, canvas_size)
                 points = np.asarray(avatar.points, np.float64)[:, :2] * factor
             else:
                 points = avatar.points
             box = face_box(points)
             crop_bgr = crop_square(canvas, box, size=size)
             crop_to_canvas: np.ndarray | None = box.crop_to_image(size)
-            alpha: np.ndarray | None = cv2.warpAffine(_feather_mask(size), crop_to_canvas, (canvas_size, canvas_size),
+            alpha: np.ndarray | None = cv2.warpAffine(feather_mask(size), crop_to_canvas, (canvas_size, canvas_size),
                                    flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
             rest = np.ascontiguousarray(canvas).copy()
         else:
             # FOMM's demo: the image as given, resized to the model's size (not the aligned canvas).
             image = read_image(avatar.path) if avatar.path is not None and Path(avatar.path).is_file() else canvas
-            crop_bgr = _resize(image, size)
-            rest = _resize(image, canvas_size)
+            crop_bgr = resize_square(image, size)
+            rest = resize_square(image, canvas_size)
             crop_to_canvas = alpha = None
-        source = _bgr_to_model(crop_bgr, np.empty((1, 3, size, size), np.float32))
+        source = bgr_to_model_input(crop_bgr, np.empty((1, 3, size, size), np.float32))
         kp = self.runners.keypoints(source)
         features = self.runners.encode(source)
         return FommPrepared(
@@ -805,14 +639,14 @@ class FommReenactor:
                 f"unexpected driver frame: shape {frame_bgr.shape}, dtype {frame_bgr.dtype}; expected (H, W, 3) uint8"
             )
         if not self.settings.crop:
-            _bgr_to_model(_resize(frame_bgr, self.image_size, out=crop_bgr), image)
+            bgr_to_model_input(resize_square(frame_bgr, self.image_size, out=crop_bgr), image)
             return None
         if observed.face is None:
             raise FaceMimicError("a cropped driver frame needs a face: render() checks this before cropping")
         box = face_box(observed.face.points_px)
         if time_s is not None:
             box = self._tracker(box, time_s)
-        _bgr_to_model(crop_square(frame_bgr, box, size=self.image_size, out=crop_bgr), image)
+        bgr_to_model_input(crop_square(frame_bgr, box, size=self.image_size, out=crop_bgr), image)
         return box
 
     def movement_scale(self, prepared: FommPrepared, neutral: FommNeutral) -> float:

@@ -50,19 +50,17 @@ from avatarcam.avatars import Avatar, read_image
 from avatarcam.errors import ConfigError, FaceMimicError
 from avatarcam.filters import OneEuroFilter
 
-# The square face crop, its tracker and the runner plumbing are shared with the FOMM generator (after the
-# architecture step this module is avatarcam.generators.fomm.reenactor).
-from avatarcam.generators.fomm.reenactor import (
+# The square face crop, its tracker and the runner plumbing are shared with the FOMM generator.
+from avatarcam.generators.common.crop import (
     CropBox,
     CropTracker,
-    _bgr_to_model,
-    _feather_mask,
-    _LockedRunner,
-    _needs_onnx,
-    _resize,
+    bgr_to_model_input,
     crop_square,
     face_box,
+    feather_mask,
+    resize_square,
 )
+from avatarcam.generators.common.runtime import LockedRunner, needs_onnx
 from avatarcam.generators.liveportrait import motion as mo
 from avatarcam.motion import MotionSettings
 from avatarcam.paths import ENGINES_DIR
@@ -239,11 +237,11 @@ class LivePortraitRuntime:
         from avatarcam.generators.liveportrait import export as lx
 
         hardware = detect_hardware() if hardware is None else hardware
-        needs = tuple(n for n in lx.GRAPH_NAMES if _needs_onnx(settings.backend, settings.cpu_runtimes[n], hardware))
+        needs = tuple(n for n in lx.GRAPH_NAMES if needs_onnx(settings.backend, settings.cpu_runtimes[n], hardware))
         paths = lx.ensure_exported(models, engines_dir=settings.engines_dir, names=needs, log_line=log_line) \
             if needs else {}
         folder = lx.export_folder(models, engines_dir=settings.engines_dir)
-        self.runners: dict[str, _LockedRunner] = {}
+        self.runners: dict[str, LockedRunner] = {}
         try:
             for name in lx.GRAPH_NAMES:
                 spec = ModelSpec(
@@ -252,7 +250,7 @@ class LivePortraitRuntime:
                     io=lx.graph_io(models, name), cpu_runtime=settings.cpu_runtimes[name],
                     precision=settings.tensorrt_precisions[name], engines_dir=folder,
                 )
-                self.runners[name] = _LockedRunner(open_backend(settings.backend, spec, hardware=hardware,
+                self.runners[name] = LockedRunner(open_backend(settings.backend, spec, hardware=hardware,
                                                                 log=log_line))
         except BaseException:
             self.close()
@@ -373,21 +371,21 @@ class LivePortraitReenactor:
             points = np.asarray(avatar.points, np.float64)
             if canvas.shape[:2] != (canvas_size, canvas_size):
                 points = points[:, :2] * (canvas_size / canvas.shape[0])
-                canvas = _resize(canvas, canvas_size)
+                canvas = resize_square(canvas, canvas_size)
             box = face_box(points)
             crop_bgr = crop_square(canvas, box, size=size)
             generated = INPUT_SIZE * 2  # the generator's output side for a 256 crop
             crop_to_canvas = box.crop_to_image(generated)
-            alpha = cv2.warpAffine(_feather_mask(generated), crop_to_canvas, (canvas_size, canvas_size),
+            alpha = cv2.warpAffine(feather_mask(generated), crop_to_canvas, (canvas_size, canvas_size),
                                    flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
             rest = np.ascontiguousarray(canvas).copy()
             ratios = eye_lip_ratios(points)
         else:
             image = read_image(avatar.path) if avatar.path is not None and Path(avatar.path).is_file() else canvas
             crop_bgr = _resize_like_liveportrait(image)
-            rest = _resize(image, canvas_size)
+            rest = resize_square(image, canvas_size)
             crop_to_canvas, alpha = None, None
-        source = _bgr_to_model(crop_bgr, np.empty((1, 3, size, size), np.float32))
+        source = bgr_to_model_input(crop_bgr, np.empty((1, 3, size, size), np.float32))
         info = self.runners.motion(source)
         f_s = np.array(self.runners.appearance(source))
         x_s = mo.transform_keypoint(info)
@@ -431,14 +429,14 @@ class LivePortraitReenactor:
             )
         if not self.settings.crop:
             crop_bgr[...] = _resize_like_liveportrait(frame_bgr)
-            _bgr_to_model(crop_bgr, image)
+            bgr_to_model_input(crop_bgr, image)
             return None
         if observed.face is None:
             raise FaceMimicError("LivePortrait crop needs the driver's face landmarks; this frame has none")
         box = face_box(observed.face.points_px)
         if time_s is not None:
             box = self._tracker(box, time_s)
-        _bgr_to_model(crop_square(frame_bgr, box, size=INPUT_SIZE, out=crop_bgr), image)
+        bgr_to_model_input(crop_square(frame_bgr, box, size=INPUT_SIZE, out=crop_bgr), image)
         return box
 
     def _reference_for(self, prepared: LivePortraitPrepared, neutral: LivePortraitNeutral,

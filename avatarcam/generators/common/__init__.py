@@ -1,0 +1,1 @@
+"""Code the neural generator families share: crop.py (face crops from landmarks) and runtime.py (runners)."""
