@@ -366,7 +366,7 @@ MOUTH_MIN_OPENING = 0.03
 EYELID_SKIN_BAND = 0.4
 """Height of the upper-lid skin (above the open lid) that stretches down over a closing eye, in eye widths."""
 LOWER_LID_BAND = 0.18
-LASH_WIDTH = 0.035
+LASH_WIDTH = 0.045
 """Thickness of the drawn lash line of a closed eye, in eye widths."""
 LID_MARGIN = 0.09
 """The lid's edge (lashes, a drawn lid line) that moves with the lid without stretching, in eye widths."""
@@ -461,6 +461,6 @@ def draw_eyelids(canvas: np.ndarray, points: np.ndarray, open_lids: np.ndarray) 
         lash_w = max(1.0, LASH_WIDTH * eye_w)
         meet = 0.5 * (lid_edge + low_edge)
         lash = np.exp(-(((v - meet) / lash_w) ** 2)) * (taper > 0) * np.clip(taper * 3.0, 0.0, 1.0)
-        strength = 0.5 * _smoothstep(0.5, 0.95, np.array(closure))
+        strength = 0.7 * _smoothstep(0.5, 0.95, np.array(closure))
         shade = (1.0 - strength * lash)[..., None]
         np.copyto(roi, np.clip(lidded * shade + 0.5, 0, 255).astype(np.uint8))
