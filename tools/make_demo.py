@@ -42,7 +42,7 @@ def main() -> int:
                         default=[ROOT / "avatars" / "astronaut.png", ROOT / "avatars" / "astronaut_painting.png"])
     parser.add_argument("--out", type=Path, default=ROOT / "avatarcam" / "samples" / "demo.gif")
     parser.add_argument("--tile", type=int, default=160, help="side of each tile in pixels")
-    parser.add_argument("--step", type=int, default=2, help="keep every Nth frame")
+    parser.add_argument("--step", type=int, default=3, help="keep every Nth frame")
     args = parser.parse_args()
     from PIL import Image
 
