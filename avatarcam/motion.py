@@ -27,19 +27,32 @@ _EYE_PAIRS = (
     (np.array(lm.RIGHT_EYE_UPPER), np.array(lm.RIGHT_EYE_LOWER), np.array(lm.RIGHT_EYE_CORNERS)),
     (np.array(lm.LEFT_EYE_UPPER), np.array(lm.LEFT_EYE_LOWER), np.array(lm.LEFT_EYE_CORNERS)),
 )
+_LID_INDEX = np.concatenate([np.concatenate([upper, lower]) for upper, lower, _ in _EYE_PAIRS])
+"""The 28 lid points of DrivenFace.open_lids, flattened: right upper, right lower, left upper, left lower."""
 # Share of the lid gap that the upper lid travels when an eye closes (the lower lid rises only a little).
 UPPER_LID_SHARE = 0.8
+# Lid gap over the neutral one at which the driver's eye counts as shut (the landmarks never quite meet).
+CLOSED_EYE_RATIO = 0.12
 MOUTH_OPEN_REFUSE = 0.12
 EYE_CLOSED_REFUSE = 0.55
 # Soft limits of head motion (see _soft_limit): rotation angle, movement in face sizes, zoom as log-scale.
-MAX_ROTATION_DEG = 32.0
+MAX_ROTATION_DEG = 40.0
 SILHOUETTE_DEPTH_PERCENTILE = 80
 SILHOUETTE_DEPTH_KEEP = 0.5
 # Depth of the head's centre of rotation behind the face surface, in face sizes.
 PIVOT_DEPTH_FACES = 0.55
-# One Euro speed coefficient (per pixel per second): fast moves such as blinks pass with little lag.
-SMOOTHING_BETA = 0.1
+# Smoothing (One Euro filter, Casiez et al. 2012), one filter per kind of signal, each in units of a hundredth of
+# the driver's face size (head rotation in degrees, which moves the face by about as much). `motion.smoothing` s maps
+# the slow-motion cutoff onto BASE_HZ * 0.05**s; the speed coefficient BETA (per unit per second) opens the filter
+# during a move, so turns, mouth openings and blinks pass with well under a frame of lag while a still face stays
+# steady. Lids get a higher cutoff: a blink lasts 3-5 frames and must close fully.
+POSE_CUTOFF_HZ, POSE_BETA = 8.0, 0.35
+EXPRESSION_CUTOFF_HZ, EXPRESSION_BETA = 8.0, 0.5
+LIDS_CUTOFF_HZ, LIDS_BETA = 24.0, 0.5
+SPEED_CUTOFF_HZ = 3.0
 MAX_SHIFT_FACES = 0.22
+# Limits of the mouth-size adaptation (avatar's mouth width over the driver's, each in face sizes).
+MOUTH_FIT_RANGE = (0.7, 1.4)
 MAX_LOG_SCALE = 0.18
 
 
@@ -84,6 +97,10 @@ def mouth_openness(points: np.ndarray) -> float:
     gap = np.linalg.norm(points[lm.INNER_LIP_UPPER_MID, :2] - points[lm.INNER_LIP_LOWER_MID, :2])
     width = np.linalg.norm(points[lm.MOUTH_CORNERS[0], :2] - points[lm.MOUTH_CORNERS[1], :2]) + 1e-6
     return float(gap / width)
+
+
+def _mouth_width(points: np.ndarray) -> float:
+    return float(np.linalg.norm(points[lm.MOUTH_CORNERS[0], :2] - points[lm.MOUTH_CORNERS[1], :2]))
 
 
 def face_size(points: np.ndarray) -> float:
@@ -138,9 +155,12 @@ class AvatarFace:
     size_px: float
     region_gain_weights: np.ndarray
     """(478, len(REGIONS)) float32 soft region membership per landmark; rows sum to 1."""
+    turn_gain: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Gain on the head rotation about the image x (nod), y (turn) and z (tilt) axes that the generator asks for,
+    because its picture of a turn reads smaller than the rotation it is given (see MeshSettings.turn_gain)."""
 
     @staticmethod
-    def from_points(points: np.ndarray) -> AvatarFace:
+    def from_points(points: np.ndarray, turn_gain: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> AvatarFace:
         """Derive the pivot and region weights from landmarks in canvas pixels."""
         points = np.asarray(points, np.float32).copy()
         size = face_size(points)
@@ -163,7 +183,8 @@ class AvatarFace:
             weights[:, k] = np.exp(-((d / sigma) ** 2))
         weights[:, -1] = 0.05
         weights /= weights.sum(1, keepdims=True)
-        return AvatarFace(points=points, pivot=pivot.astype(np.float32), size_px=size, region_gain_weights=weights)
+        return AvatarFace(points=points, pivot=pivot.astype(np.float32), size_px=size, region_gain_weights=weights,
+                          turn_gain=(float(turn_gain[0]), float(turn_gain[1]), float(turn_gain[2])))
 
 
 @dataclass(frozen=True)
@@ -191,6 +212,10 @@ class DrivenFace:
     pivot: np.ndarray
     """(3,) float32 the avatar's head pivot."""
     face_seen: bool = True
+    open_lids: np.ndarray | None = None
+    """(2, 14, 2) float32 or None: per eye (subject's right, left) the lid points (lm.*_EYE_UPPER then *_LOWER) of
+    the same pose with the lids no more closed than the avatar's own. A generator warps the eye to these and draws
+    the lids down to `points` over it (a closing lid covers the eye, it does not squash it). None: same as points."""
 
     def transform_rigid(self, points: np.ndarray, amount: float | np.ndarray = 1.0) -> np.ndarray:
         """(N, 2) positions of avatar points (N, 3) moved with the head only (no expression), scaled by amount."""
@@ -275,29 +300,38 @@ class MotionTransfer:
 
     def __init__(self, settings: MotionSettings | None = None):
         self.settings = settings or MotionSettings()
-        self._filter = self._make_filter()
+        self._filters = self._make_filters()
         self._last: DrivenFace | None = None
         self._lost_since_s: float | None = None
 
-    def _make_filter(self) -> OneEuroFilter | None:
+    def _make_filters(self) -> dict[str, OneEuroFilter]:
+        """One filter per signal: head pose, expression offsets, lid openness (empty at smoothing 0)."""
         s = self.settings.smoothing
         if s <= 0:
-            return None
-        # Map 0..1 onto a useful One Euro range: min cutoff 8 Hz (light) .. 0.4 Hz (heavy).
-        min_cutoff = 8.0 * (0.05 ** s)
-        return OneEuroFilter(min_cutoff_hz=min_cutoff, beta=SMOOTHING_BETA, derivative_cutoff_hz=1.0)
+            return {}
+        factor = 0.05**s  # 0..1 onto 1 .. 1/20 of each base cutoff
+        return {
+            name: OneEuroFilter(min_cutoff_hz=hz * factor, beta=beta, derivative_cutoff_hz=SPEED_CUTOFF_HZ)
+            for name, hz, beta in (("pose", POSE_CUTOFF_HZ, POSE_BETA),
+                                   ("expression", EXPRESSION_CUTOFF_HZ, EXPRESSION_BETA),
+                                   ("lids", LIDS_CUTOFF_HZ, LIDS_BETA))
+        }
+
+    def _smooth(self, name: str, value: np.ndarray, time_s: float) -> np.ndarray:
+        f = self._filters.get(name)
+        return value if f is None else f(value, time_s)
 
     def update_settings(self, settings: MotionSettings) -> None:
-        """Apply new user settings (smoothing changes restart the filter)."""
+        """Apply new user settings (smoothing changes restart the filters)."""
         if settings.smoothing != self.settings.smoothing:
             self.settings = settings
-            self._filter = self._make_filter()
+            self._filters = self._make_filters()
         self.settings = settings
 
     def reset(self) -> None:
         """Forget smoothing history and the last pose (after recalibration)."""
-        if self._filter:
-            self._filter.reset()
+        for f in self._filters.values():
+            f.reset()
         self._last = None
         self._lost_since_s = None
 
@@ -308,10 +342,7 @@ class MotionTransfer:
         if face is None or neutral is None:
             return self._lost(avatar, time_s, neutral is not None)
         self._lost_since_s = None
-        points = face.points_px
-        if self._filter is not None:
-            points = self._filter(points, time_s)
-        driven = self._relative(points, neutral, avatar)
+        driven = self._relative(face.points_px, neutral, avatar, time_s)
         self._last = driven
         return driven
 
@@ -328,9 +359,14 @@ class MotionTransfer:
         t = min(1.0, (elapsed - s.lost_face_hold_s) / max(s.lost_face_ease_s, 1e-3))
         ease = 0.5 - 0.5 * math.cos(math.pi * t)  # smooth start and stop
         last = self._last
-        if self._filter:
-            self._filter.reset()
+        for f in self._filters.values():
+            f.reset()
+        open_lids = None
+        if last.open_lids is not None:
+            rest_lids = rest.points[_LID_INDEX].reshape(2, -1, 2)
+            open_lids = ((1 - ease) * last.open_lids + ease * rest_lids).astype(np.float32)
         return DrivenFace(
+            open_lids=open_lids,
             points=((1 - ease) * last.points + ease * rest.points).astype(np.float32),
             rotation=_slerp_to_identity(last.rotation, ease),
             scale=(1 - ease) * last.scale + ease,
@@ -339,28 +375,45 @@ class MotionTransfer:
             face_seen=False,
         )
 
-    def _relative(self, points: np.ndarray, neutral: Neutral, avatar: AvatarFace) -> DrivenFace:
+    def _relative(self, points: np.ndarray, neutral: Neutral, avatar: AvatarFace, time_s: float) -> DrivenFace:
         s = self.settings
         ref = neutral.points
-        # 1. Driver head pose relative to neutral, from points that move with the skull.
-        scale, rotation, translation = similarity_transform(ref[_RIGID], points[_RIGID])
+        unit = 0.01 * neutral.size_px  # the filters' unit: a hundredth of the driver's face size
+        # 1. Driver head pose relative to neutral, from points that move with the skull, smoothed as 7 numbers.
+        scale, rotation, _ = similarity_transform(ref[_RIGID], points[_RIGID])
+        axis, angle = _axis_angle(rotation)
+        # The rigid points' centre is smoothed rather than the translation, which turns with the rotation.
+        ref_centre = ref[_RIGID].mean(0)
+        centre = points[_RIGID].mean(0).astype(np.float64)
+        pose = np.concatenate([axis * math.degrees(angle), centre / unit, [100.0 * math.log(scale)]])
+        pose = self._smooth("pose", pose, time_s).astype(np.float64)
+        angle_deg = float(np.linalg.norm(pose[:3]))
+        rotation = _rotation_from_axis_angle(pose[:3] / max(angle_deg, 1e-9), math.radians(angle_deg))
+        scale = math.exp(pose[6] / 100.0)
+        translation = pose[3:6] * unit - scale * rotation @ ref_centre
         # 2. Expression: where each landmark is in the neutral head frame, minus where it was at neutral.
         in_head = ((points - translation) @ rotation) / scale
-        expression = in_head - ref
+        expression = self._smooth("expression", (in_head - ref) / unit, time_s) * unit
         # 3. Adapt to the avatar: roll and size difference between driver neutral and avatar, in the image plane.
         a_scale, a_rot2, _ = similarity_transform(ref[_RIGID, :2], avatar.points[_RIGID, :2])
         expression2 = (expression[:, :2] @ a_rot2.T) * a_scale
-        gains = avatar.region_gain_weights @ np.array([s.intensity[r] for r in REGIONS], np.float32)
+        # The mouth moves in units of its own width: a driver with a wide mouth opening it by a third of its width
+        # opens a narrow-mouthed avatar's by a third of the avatar's (the judge of an opening is gap over width).
+        mouth_fit = float(np.clip(_mouth_width(avatar.points) / avatar.size_px
+                                  / (_mouth_width(ref) / neutral.size_px), *MOUTH_FIT_RANGE))
+        region_gain = np.array([s.intensity[r] * (mouth_fit if r == "mouth" else 1.0) for r in REGIONS], np.float32)
+        gains = avatar.region_gain_weights @ region_gain
         offsets = np.zeros_like(avatar.points)
         offsets[:, :2] = expression2 * gains[:, None]
         offsets[:, 2] = expression[:, 2] * a_scale * gains
         posed = avatar.points + offsets
-        self._apply_lids(points, neutral, avatar, posed, a_scale, a_rot2)
+        ratio = self._smooth("lids", eye_openness(points) / np.maximum(neutral.eye_openness, 1e-3), time_s)
+        open_lids = self._apply_lids(ratio, avatar, posed)
         # 4. Head pose in the avatar's image axes, around the avatar's pivot.
         a_rot3 = np.eye(3)
         a_rot3[:2, :2] = a_rot2
         rel = a_rot3 @ rotation @ a_rot3.T
-        rel = _limit_rotation(_scale_rotation(rel, s.head_rotation))
+        rel = _limit_rotation(_axis_gain(_scale_rotation(rel, s.head_rotation), avatar.turn_gain))
         # A 2D warp can only turn, move and zoom a head so far before the background folds: saturate softly.
         head_scale = 1.0 if s.scale_lock else float(np.exp(_soft_limit(math.log(scale), MAX_LOG_SCALE)))
         # The driver's head turns about a point behind the face as the avatar's does (same relative depth), so
@@ -370,27 +423,38 @@ class MotionTransfer:
         shift = (a_rot2 @ (pivot_moved - driver_pivot)[:2]) * a_scale * s.head_translation
         limit = MAX_SHIFT_FACES * avatar.size_px
         shift = shift * (_soft_limit(float(np.linalg.norm(shift)), limit) / max(float(np.linalg.norm(shift)), 1e-6))
-        driven = DrivenFace(
-            points=np.zeros((len(points), 2), np.float32), rotation=rel.astype(np.float32), scale=head_scale,
-            shift_px=shift.astype(np.float32), pivot=avatar.pivot,
-        )
-        moved = (posed - avatar.pivot) @ (head_scale * rel).T + avatar.pivot
+        moved = (np.concatenate([posed, open_lids]) - avatar.pivot) @ (head_scale * rel).T + avatar.pivot
         moved[:, :2] += shift
-        return DrivenFace(**{**driven.__dict__, "points": moved[:, :2].astype(np.float32)})
+        return DrivenFace(
+            points=moved[: len(points), :2].astype(np.float32), rotation=rel.astype(np.float32), scale=head_scale,
+            shift_px=shift.astype(np.float32), pivot=avatar.pivot,
+            open_lids=moved[len(points):, :2].reshape(2, -1, 2).astype(np.float32),
+        )
 
-    def _apply_lids(self, points, neutral, avatar, posed, a_scale, a_rot2) -> None:
-        """Replace lid motion by a closure ratio, so any avatar's eyes close fully when the driver's do."""
+    def _apply_lids(self, ratio: np.ndarray, avatar: AvatarFace, posed: np.ndarray) -> np.ndarray:
+        """Set the lids of `posed` (478, 3) to the (2,) openness ratios (driver gap / neutral gap) in place.
+
+        The lids close by a ratio of the avatar's own gap, so any avatar's eyes close fully when the driver's do.
+        Returns the (28, 3) lid points of the same pose opened no less than the avatar's own eye (see
+        DrivenFace.open_lids).
+        """
         gain = self.settings.intensity["eyes"]
-        ratio = eye_openness(points) / np.maximum(neutral.eye_openness, 1e-3)
+        ratio = np.asarray(ratio, np.float64)
+        # A closed eye still reads a small lid gap (about 5-10 % of the open one): that is closed.
+        ratio = np.where(ratio < 1.0, np.maximum(ratio - CLOSED_EYE_RATIO, 0.0) / (1.0 - CLOSED_EYE_RATIO), ratio)
         ratio = np.clip(1.0 - gain * (1.0 - ratio), 0.0, 1.35)
+        open_lids = []
         for k, (upper, lower, corners) in enumerate(_EYE_PAIRS):
             base = posed[corners, :].mean(0) - avatar.points[corners, :].mean(0)
             up = avatar.points[upper]
             low = avatar.points[lower]
             closed_at = low + (1.0 - UPPER_LID_SHARE) * (up - low)
             r = float(ratio[k])
+            wide = max(r, 1.0)
+            open_lids += [closed_at + wide * (up - closed_at) + base, closed_at + wide * (low - closed_at) + base]
             posed[upper] = closed_at + r * (up - closed_at) + base
             posed[lower] = closed_at + r * (low - closed_at) + base
+        return np.concatenate(open_lids)
 
 
 def _soft_limit(value: float, limit: float) -> float:
@@ -416,6 +480,16 @@ def _axis_angle(rotation: np.ndarray) -> tuple[np.ndarray, float]:
 def _rotation_from_axis_angle(axis: np.ndarray, angle: float) -> np.ndarray:
     k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     return np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
+
+
+def _axis_gain(rotation: np.ndarray, gains: tuple[float, float, float]) -> np.ndarray:
+    """The rotation with its rotation vector's x, y, z components scaled by gains."""
+    if gains == (1.0, 1.0, 1.0):
+        return rotation
+    axis, angle = _axis_angle(rotation)
+    vector = axis * angle * np.asarray(gains, np.float64)
+    norm = float(np.linalg.norm(vector))
+    return _rotation_from_axis_angle(vector / max(norm, 1e-12), norm)
 
 
 def _scale_rotation(rotation: np.ndarray, gain: float) -> np.ndarray:

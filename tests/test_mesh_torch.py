@@ -123,14 +123,14 @@ def to_bgr(warped: np.ndarray) -> np.ndarray:
 
 
 def test_control_point_count_is_fixed_by_the_settings(prepared):
-    assert prepared.weights.shape == (128 * 128, NUM_CONTROL_POINTS) == (16384, 572)
+    assert prepared.weights.shape == (128 * 128, NUM_CONTROL_POINTS) == (16384, 582)
 
 
 def test_registry_recipe_has_default_shapes_and_needs_no_landmarker():
     assert EXPORTABLE_MODELS["mesh_warp"] == "avatarcam.generators.mesh.torch_warp:export_recipe"
     recipe = mesh_torch.export_recipe()
     shapes = {name: a.shape for name, a in recipe.example_inputs.items()}
-    assert shapes == {"image": (1, 3, 512, 512), "weights": (16384, 572), "displacements": (572, 2)}
+    assert shapes == {"image": (1, 3, 512, 512), "weights": (16384, 582), "displacements": (582, 2)}
     assert recipe.output_names == ("warped",) and recipe.dynamic_axes is None
 
 
@@ -257,7 +257,7 @@ def test_export_sidecar_is_written_and_checked(exported, module):
     result = exported[0]
     side = json.loads(sidecar_path(result.onnx_path).read_text())
     assert side["model"] == "mesh_warp" and side["opset"] == 17
-    assert side["example_shapes"] == {"image": [1, 3, 512, 512], "weights": [16384, 572], "displacements": [572, 2]}
+    assert side["example_shapes"] == {"image": [1, 3, 512, 512], "weights": [16384, 582], "displacements": [582, 2]}
     assert [i["name"] for i in side["inputs"]] == ["image", "weights", "displacements"]
     assert side["source_hash"] == source_hash(module)
     assert load_exported(result.onnx_path, expected_source_hash=source_hash(module)).io == result.io

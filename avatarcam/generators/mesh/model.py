@@ -19,9 +19,14 @@ import numpy as np
 from avatarcam import landmarks as lm
 from avatarcam.motion import AvatarFace, DrivenFace, mouth_openness
 
-FACE_CONTROL = np.arange(468)  # every mesh point but the irises, which would fold against closing lids
+FACE_CONTROL = np.arange(478)  # every mesh point and the irises (the lids close over the eye, not in the warp)
 _OVAL = np.array(lm.FACE_OVAL)
 _INNER_LIPS = np.array(lm.LIPS_INNER)
+_EYES = tuple((np.array(upper), np.array(lower), np.array(corners)) for upper, lower, corners in (
+    (lm.RIGHT_EYE_UPPER, lm.RIGHT_EYE_LOWER, lm.RIGHT_EYE_CORNERS),
+    (lm.LEFT_EYE_UPPER, lm.LEFT_EYE_LOWER, lm.LEFT_EYE_CORNERS),
+))
+_BROWS = (np.array(lm.RIGHT_BROW), np.array(lm.LEFT_BROW))
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,11 @@ class MeshSettings:
     neck_motion: float = 0.8
     newton_steps: int = 3
     mouth_interior: bool = True
+    turn_gain: tuple[float, float, float] = (1.45, 1.3, 1.0)
+    """Extra head rotation about the image x (nod), y (turn) and z (tilt) axes. A 2D warp of a flat picture shows
+    less of a turn than the 3D rotation it is given: read back by an independent detector (dlib 68-point landmarks,
+    solvePnP) it shows 0.69-0.82 of a yaw and 0.54-0.70 of a pitch on five avatars (photo, paintings, cartoon), so
+    the warp is asked for this much more to look as turned as the driver. In-plane tilt needs no help."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,7 @@ class MeshGenerator:
         size = s.canvas_size
         if image_bgr.shape != (size, size, 3):
             raise ValueError(f"avatar canvas has shape {image_bgr.shape}, expected ({size}, {size}, 3)")
-        face = AvatarFace.from_points(face_points)
+        face = AvatarFace.from_points(face_points, turn_gain=s.turn_gain)
         pts = face.points
         oval = pts[_OVAL]
         center = oval[:, :2].mean(0)
@@ -144,8 +154,16 @@ class MeshGenerator:
         )
 
     def control_displacements(self, prepared: PreparedMesh, driven: DrivenFace) -> np.ndarray:
-        """(N, 2) float32 displacement of every control point, avatar -> driven, in canvas pixels."""
-        face_d = driven.points[FACE_CONTROL] - prepared.face.points[FACE_CONTROL, :2]
+        """(N, 2) float32 displacement of every control point, avatar -> driven, in canvas pixels.
+
+        The lids go to DrivenFace.open_lids when given: the warp keeps the eye open and draw_eyelids closes it.
+        """
+        targets = driven.points
+        if driven.open_lids is not None:
+            targets = targets.copy()
+            for (upper, lower, _), lids in zip(_EYES, driven.open_lids):
+                targets[np.concatenate([upper, lower])] = lids
+        face_d = targets[FACE_CONTROL] - prepared.face.points[FACE_CONTROL, :2]
         ring_d = driven.transform_rigid(prepared.rings, prepared.ring_motion) - prepared.rings[:, :2]
         # The skin under the jaw follows the chin part of the way, so an opening mouth stretches the neck
         # instead of folding it.
@@ -215,6 +233,8 @@ class MeshGenerator:
             full_y = cv2.resize(map_y, (size, size), interpolation=cv2.INTER_LINEAR)
             cv2.remap(prepared.image_bgr, full_x, full_y, cv2.INTER_LINEAR, dst=out,
                       borderMode=cv2.BORDER_REPLICATE)
+        if driven.open_lids is not None:
+            draw_eyelids(out, driven.points, driven.open_lids)
         if self.settings.mouth_interior:
             draw_mouth_interior(out, driven.points[_INNER_LIPS], prepared.mouth_palette, prepared.rest_mouth_gap)
         return out
@@ -265,17 +285,20 @@ def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
 
 def draw_mouth_interior(canvas: np.ndarray, inner_lips: np.ndarray, lip_bgr: np.ndarray,
                         rest_gap: float = 0.0) -> None:
-    """Paint a mouth cavity with teeth inside the (20, 2) inner-lip polygon, feathered at its edge.
+    """Paint a mouth interior inside the (20, 2) inner-lip polygon (lm.LIPS_INNER order, canvas px), in place.
 
-    `rest_gap` is the avatar's own opening (gap over width): a mouth already open in the photo shows its own
-    teeth until the driver opens wider than that.
+    canvas: (S, S, 3) uint8 BGR. lip_bgr: (3,) float32 the avatar's lip colour, which tints the cavity and tongue
+    so that the interior suits the avatar. Upper teeth hang from the upper lip and lower teeth stand on the lower
+    lip (so they move with the jaw), with seams between the front teeth; a wide opening shows a tongue and a dark
+    throat with soft shading towards the lips and corners. The edge is feathered. `rest_gap` is the avatar's own
+    opening (gap over width): a mouth already open in the photo shows its own teeth until the driver opens wider.
     """
     poly = inner_lips.astype(np.float32)
     upper_mid, lower_mid = poly[5], poly[15]
     width = float(np.linalg.norm(poly[0] - poly[10]))
     gap = float(lower_mid[1] - upper_mid[1])
     opening = gap / max(width, 1.0) - rest_gap
-    if width < 4 or opening < 0.04:
+    if width < 4 or opening < MOUTH_MIN_OPENING:
         return
     h, w = canvas.shape[:2]
     x0, y0 = np.floor(poly.min(0)).astype(int) - 3
@@ -288,10 +311,10 @@ def draw_mouth_interior(canvas: np.ndarray, inner_lips: np.ndarray, lip_bgr: np.
     shape = roi.shape[:2]
     mask = np.zeros(shape, np.float32)
     cv2.fillPoly(mask, [np.round(local * 4).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=2)
-    feather = max(1, int(round(0.06 * gap)) | 1)
+    feather = max(1, int(round(0.05 * gap)) | 1)
     mask = cv2.GaussianBlur(mask, (2 * feather + 1, 2 * feather + 1), 0)
-    # Strength grows with the opening so that a barely parted mouth does not flash dark.
-    strength = min(1.0, (opening - 0.04) / 0.12)
+    # Strength grows over the first few percent of opening so that a barely parted mouth does not flash dark.
+    strength = min(1.0, (opening - MOUTH_MIN_OPENING) / 0.05)
     mask *= strength
     yy = np.arange(shape[0], dtype=np.float32)[:, None]
     xx = np.arange(shape[1], dtype=np.float32)[None, :]
@@ -304,20 +327,151 @@ def draw_mouth_interior(canvas: np.ndarray, inner_lips: np.ndarray, lip_bgr: np.
     lower_y = edge_y(np.concatenate([local[10:], local[:1]]))  # inner lower lip
     local_gap = np.maximum(lower_y - upper_y, 1.0)
     depth = np.clip((yy - upper_y) / local_gap, 0, 1)
-    across = np.clip(1.0 - np.abs(xx - local[[0, 10], 0].mean()) / (0.5 * width), 0, 1)
-    # Dark cavity, a tongue towards the lower lip, a band of upper teeth and, when wide open, lower teeth.
-    cavity = (lip_bgr * 0.18)[None, None, :] * (1.0 - 0.4 * depth[..., None])
-    tongue_w = _smoothstep(0.55, 0.95, depth)[..., None] * 0.8
-    cavity = cavity * (1 - tongue_w) + (lip_bgr * 0.55)[None, None, :] * tongue_w
-    # Teeth are about a fifth of the mouth's width tall: a grin shows mostly teeth, a wide-open jaw mostly cavity.
-    upper_band = min(0.4 * gap, 0.14 * width)
-    upper_teeth = 1.0 - _smoothstep(upper_band * 0.75, upper_band, yy - upper_y)
-    # Lower teeth only once the jaw is well open: in a narrow opening they would read as closed lips.
-    lower_band = min(0.12 * gap, 0.08 * width) if gap > 0.3 * width else 0.0
-    lower_teeth = _smoothstep(-lower_band, -0.7 * lower_band, yy - lower_y) if lower_band else 0.0
-    teeth = np.clip((upper_teeth + 0.85 * lower_teeth) * across**0.35, 0, 1)[..., None]
-    shade = 1.0 - 0.25 * np.clip((yy - upper_y) / max(upper_band, 1.0), 0, 1)[..., None]
-    teeth_bgr = np.array([208, 218, 228], np.float32) * shade
-    interior = cavity * (1 - teeth) + teeth_bgr * teeth
+    centre_x = float(local[[0, 10], 0].mean())
+    from_centre = (xx - centre_x) / (0.5 * width)  # -1 .. 1 corner to corner
+    across = np.clip(1.0 - np.abs(from_centre), 0, 1)
+    lip = np.asarray(lip_bgr, np.float32)
+    # Cavity: the lip colour darkened, darkest in the throat (middle, a little below the upper teeth), lighter
+    # towards the lips and the corners, where light falls in.
+    throat = np.exp(-((from_centre / 0.55) ** 2) - ((depth - 0.45) / 0.4) ** 2)
+    cavity = lip[None, None, :] * (0.34 - 0.24 * throat)[..., None]
+    # Tongue: a rounded hump rising from the lower lip once the mouth is well open, lit from above.
+    open_ratio = gap / max(width, 1.0)
+    tongue_top = 1.0 - (0.2 + 0.3 * _smoothstep(0.15, 0.45, np.array(open_ratio))) * (1.0 - from_centre**2)
+    tongue_share = float(_smoothstep(0.12, 0.3, np.array(open_ratio)))
+    tongue = _smoothstep(-0.04, 0.04, depth - tongue_top)[..., None] * tongue_share
+    tongue_lit = 0.55 + 0.25 * np.clip(1.0 - (depth - tongue_top) / 0.3, 0, 1)[..., None]
+    tongue_bgr = (0.6 * lip + 0.4 * np.array([120, 110, 190], np.float32))[None, None, :] * tongue_lit
+    interior = cavity * (1 - tongue) + tongue_bgr * tongue
+    # Teeth are about a seventh of the mouth's width tall: a grin shows mostly teeth, a wide-open jaw mostly cavity.
+    upper_band = min(0.45 * gap, 0.14 * width)
+    upper_teeth = 1.0 - _smoothstep(upper_band * 0.8, upper_band, yy - upper_y)
+    # Lower teeth only once the jaw is open: in a narrow opening they would read as closed lips.
+    lower_band = min(0.18 * gap, 0.07 * width) * float(_smoothstep(0.18, 0.3, np.array(open_ratio)))
+    lower_teeth = _smoothstep(-lower_band, -0.75 * lower_band, yy - lower_y) if lower_band > 0.5 else 0.0
+    # The side teeth turn away into the cheeks' shadow; fewer lower teeth show than upper ones.
+    teeth = np.clip(upper_teeth * _smoothstep(0.0, 0.4, across) + 0.9 * lower_teeth * _smoothstep(0.3, 0.65, across),
+                    0, 1)
+    # Seams between teeth: one on the midline, the teeth narrowing (turning away) towards the corners.
+    phase = (np.abs(xx - centre_x) / max(0.15 * width, 1.0)) ** 1.2
+    seam = np.abs(phase - np.round(phase))
+    seam_shade = 1.0 - 0.22 * np.exp(-((seam / 0.05) ** 2)) * across
+    gum_shadow = 1.0 - 0.3 * np.exp(-np.maximum(yy - upper_y, 0) / max(0.15 * upper_band, 0.5))
+    side_shade = 0.7 + 0.3 * across
+    teeth_bgr = np.array([200, 212, 224], np.float32)[None, None, :] * (seam_shade * gum_shadow * side_shade)[..., None]
+    teeth = teeth[..., None]
+    interior = interior * (1 - teeth) + teeth_bgr * teeth
     blended = roi.astype(np.float32) * (1 - mask[..., None]) + interior * mask[..., None]
-    np.copyto(roi, np.clip(blended, 0, 255).astype(np.uint8))
+    np.copyto(roi, np.clip(blended + 0.5, 0, 255).astype(np.uint8))
+
+
+MOUTH_MIN_OPENING = 0.03
+"""Inner-lip gap over mouth width beyond the avatar's own below which no interior is drawn."""
+
+EYELID_SKIN_BAND = 0.4
+"""Height of the upper-lid skin (above the open lid) that stretches down over a closing eye, in eye widths."""
+LOWER_LID_BAND = 0.18
+LASH_WIDTH = 0.045
+"""Thickness of the drawn lash line of a closed eye, in eye widths."""
+LID_MARGIN = 0.09
+"""The lid's edge (lashes, a drawn lid line) that moves with the lid without stretching, in eye widths."""
+
+
+def _lid_curve(u_points: np.ndarray, v_points: np.ndarray, u: np.ndarray, width: float) -> np.ndarray:
+    """v of a lid at positions u along the eye axis: the lid points joined to both corners (u 0 and width, v 0)."""
+    order = np.argsort(u_points)
+    knots_u = np.concatenate([[0.0], u_points[order], [width]])
+    knots_v = np.concatenate([[0.0], v_points[order], [0.0]])
+    return np.interp(u, knots_u, knots_v, left=0.0, right=0.0)
+
+
+def _to_eye_uv(p: np.ndarray, origin: np.ndarray, axis: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    """(N, 2) canvas points -> (N, 2) coordinates along the eye's corner-to-corner axis and its normal."""
+    return np.stack([(p - origin) @ axis, (p - origin) @ normal], -1)
+
+
+def draw_eyelids(canvas: np.ndarray, points: np.ndarray, open_lids: np.ndarray) -> None:
+    """Close the eyes of a warped canvas by drawing the lids over them, in place.
+
+    canvas: (S, S, 3) uint8 BGR, warped so that each eye is open as `open_lids` (2, 14, 2) says (per eye the lid
+    points lm.*_EYE_UPPER then *_LOWER, canvas pixels). points: (478, 2) the driven landmarks; their lid points say
+    where the lids should be. Where a lid is lower than its open position, the skin above the open upper lid
+    (EYELID_SKIN_BAND eye widths of it, or half the way up to the brow, lashes at its edge) is stretched down to the
+    driven lid, and the skin below the lower lid up to its driven lid, so the eyeball is covered rather than
+    squashed; a closed eye gets a soft lash line where the lids meet. Works in each eye's own axis (corner to
+    corner), so a rolled head is handled.
+    """
+    height, width_px = canvas.shape[:2]
+    for (upper, lower, corners), brow, lids in zip(_EYES, _BROWS, open_lids):
+        c0, c1 = points[corners[0]].astype(np.float64), points[corners[1]].astype(np.float64)
+        axis = c1 - c0
+        eye_w = float(np.linalg.norm(axis))
+        if eye_w < 4.0:
+            continue
+        axis /= eye_w
+        normal = np.array([-axis[1], axis[0]])
+        open_up, open_low = lids[:7].astype(np.float64), lids[7:].astype(np.float64)
+        if (open_low - c0).mean(0) @ normal < (open_up - c0).mean(0) @ normal:
+            normal = -normal  # v grows from the upper lid towards the lower lid
+        ou, ol = _to_eye_uv(open_up, c0, axis, normal), _to_eye_uv(open_low, c0, axis, normal)
+        tu = _to_eye_uv(points[upper].astype(np.float64), c0, axis, normal)
+        tl = _to_eye_uv(points[lower].astype(np.float64), c0, axis, normal)
+        open_gap = float(np.mean(ol[:, 1] - ou[:, 1]))
+        closure = 1.0 - float(np.mean(tl[:, 1] - tu[:, 1])) / max(open_gap, 1e-6)
+        if open_gap < 1.0 or closure < 0.02:
+            continue
+        # The stretched skin stays under the brow: at most about half way from the lid up to the brow's middle.
+        brow_v = float(_to_eye_uv(points[brow].astype(np.float64), c0, axis, normal)[:, 1].mean())
+        band_up = max(2.5 * LID_MARGIN * eye_w, min(EYELID_SKIN_BAND * eye_w, 0.5 * (float(ou[:, 1].min()) - brow_v)))
+        band_low = LOWER_LID_BAND * eye_w
+        # The region that can change, in eye coordinates, and its pixel bounding box.
+        v_min = min(ou[:, 1].min(), 0.0) - band_up - 2.0
+        v_max = max(ol[:, 1].max(), 0.0) + band_low + 2.0
+        box = np.array([c0 + a * axis * eye_w + b * normal for a in (-0.1, 1.1) for b in (v_min, v_max)])
+        x0, y0 = np.maximum(np.floor(box.min(0)).astype(int), 0)
+        x1, y1 = np.minimum(np.ceil(box.max(0)).astype(int) + 1, (width_px, height))
+        if x1 - x0 < 3 or y1 - y0 < 3:
+            continue
+        xx, yy = np.meshgrid(np.arange(x0, x1, dtype=np.float64), np.arange(y0, y1, dtype=np.float64))
+        rel_x, rel_y = xx - c0[0], yy - c0[1]
+        u = rel_x * axis[0] + rel_y * axis[1]
+        v = rel_x * normal[0] + rel_y * normal[1]
+        # A lid's skin band is as tall as the eye is wide at the middle and thins towards the corners.
+        taper = np.sqrt(np.clip(1.0 - (2.0 * u / eye_w - 1.0) ** 2, 0.0, 1.0))
+        lid_open = _lid_curve(ou[:, 0], ou[:, 1], u, eye_w)
+        low_open = _lid_curve(ol[:, 0], ol[:, 1], u, eye_w)
+        lid_edge = np.maximum(_lid_curve(tu[:, 0], tu[:, 1], u, eye_w), lid_open)
+        low_edge = np.minimum(_lid_curve(tl[:, 0], tl[:, 1], u, eye_w), low_open)
+        low_edge = np.maximum(low_edge, lid_edge)  # the lids meet, they never cross
+        top = lid_open - band_up * taper
+        bottom = low_open + band_low * taper
+        # Backward maps. Each lid's margin (lashes, the drawn lid line of a painting or cartoon) travels with the
+        # lid unchanged; the skin between it and the band's far edge stretches to follow.
+        margin_up = LID_MARGIN * eye_w * taper
+        margin_low = 0.6 * LID_MARGIN * eye_w * taper
+        skin_up = top + (v - top) * (band_up * taper - margin_up) / np.maximum(lid_edge - margin_up - top, 1e-6)
+        src_up = np.where(v >= lid_edge - margin_up, v - (lid_edge - lid_open), skin_up)
+        skin_low = bottom - (bottom - v) * (band_low * taper - margin_low) / np.maximum(
+            bottom - low_edge - margin_low, 1e-6)
+        src_low = np.where(v <= low_edge + margin_low, v + (low_open - low_edge), skin_low)
+        src_up = np.where(v < top, v, src_up)
+        src_low = np.where(v > bottom, v, src_low)
+        # How much of each pixel a lid covers, anti-aliased over a pixel; the lids' sums never exceed 1.
+        cover_up = np.clip(lid_edge - v + 0.5, 0.0, 1.0)
+        cover_low = np.clip(v - low_edge + 0.5, 0.0, 1.0)
+        src_v = np.where(v < 0.5 * (lid_edge + low_edge), src_up, src_low)
+        cover = (cover_up + cover_low)[..., None]
+        if np.abs(src_v - v).max() < 0.05:
+            continue
+        map_x = (c0[0] + u * axis[0] + src_v * normal[0] - x0).astype(np.float32)
+        map_y = (c0[1] + u * axis[1] + src_v * normal[1] - y0).astype(np.float32)
+        roi = canvas[y0:y1, x0:x1]
+        lidded = cv2.remap(roi, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        lidded = lidded * cover + roi.astype(np.float32) * (1.0 - cover)
+        # Where the lids meet, a lash line (darker the more the eye is closed).
+        lash_w = max(1.0, LASH_WIDTH * eye_w)
+        meet = 0.5 * (lid_edge + low_edge)
+        lash = np.exp(-(((v - meet) / lash_w) ** 2)) * (taper > 0) * np.clip(taper * 3.0, 0.0, 1.0)
+        strength = 0.7 * _smoothstep(0.5, 0.95, np.array(closure))
+        shade = (1.0 - strength * lash)[..., None]
+        np.copyto(roi, np.clip(lidded * shade + 0.5, 0, 255).astype(np.uint8))

@@ -1,10 +1,10 @@
 """The mesh generator's per-frame warp as static tensor ops (MeshWarp), and a runner for it on any backend.
 
-MeshWarp reproduces `MeshGenerator.backward_maps` + `cv2.resize` + `cv2.remap` of `MeshGenerator.generate` (the mouth
-interior stays on the CPU in numpy, after the warp): field = weights @ displacements; the same unfold passes (fold
-mask from the same finite differences as `np.gradient`, cv2's Gaussian taps); Newton inversion with bilinear
-sampling by `grid_sample`; the residual blend; a bilinear upsample to the canvas; one `grid_sample` of the avatar.
-The numpy path's data-dependent exits (`if not folded.any(): break`, `if bad.any()`) become fixed passes whose blend
+MeshWarp reproduces `MeshGenerator.backward_maps` + `cv2.resize` + `cv2.remap` of `MeshGenerator.generate` (the
+eyelids and the mouth interior stay on the CPU in numpy, after the warp): field = weights @ displacements; the same
+unfold passes (fold mask from the same finite differences as `np.gradient`, cv2's Gaussian taps); Newton inversion
+with bilinear sampling by `grid_sample`; the residual blend; a bilinear upsample to the canvas; one `grid_sample`
+of the avatar. The numpy path's data-dependent exits (`if not folded.any(): break`, `if bad.any()`) become fixed passes whose blend
 weight is exactly zero when nothing folds, so the graph is static and the result the same.
 
 Conventions, chosen so that the cv2 path's numbers come out:
@@ -311,7 +311,8 @@ class MeshWarpRunner:
     canvas through a staged float scratch. The runner must be driven by one thread (the render worker).
     With requested 'auto' the backends layer tries TensorRT, ONNX Runtime CUDA, torch CUDA, then the CPU runtimes;
     a CPU runtime is slower than MeshGenerator's own numpy path, so check `device` after open() (or decide with
-    mesh_warp_backend() first). The mouth interior is not drawn here: call draw_mouth_interior() after warp().
+    mesh_warp_backend() first). The eyelids and the mouth interior are not drawn here: MeshGenerator.generate draws
+    them after warp().
     """
 
     def __init__(
