@@ -3,9 +3,9 @@
 MeshWarp reproduces `MeshGenerator.backward_maps` + `cv2.resize` + `cv2.remap` of `MeshGenerator.generate` (the
 eyelids and the mouth interior stay on the CPU in numpy, after the warp): field = weights @ displacements; the same
 unfold passes (fold mask from the same finite differences as `np.gradient`, cv2's Gaussian taps); Newton inversion
-with bilinear sampling by `grid_sample`; the residual blend; a bilinear upsample to the canvas; one `grid_sample`
-of the avatar. The numpy path's data-dependent exits (`if not folded.any(): break`, `if bad.any()`) become fixed passes whose blend
-weight is exactly zero when nothing folds, so the graph is static and the result the same.
+with bilinear sampling by `grid_sample`; the residual blend; a bilinear upsample to the canvas; one `grid_sample` of
+the avatar. The numpy path's data-dependent exits (`if not folded.any(): break`, `if bad.any()`) become fixed passes
+whose blend weight is exactly zero when nothing folds, so the graph is static and the result the same.
 
 Conventions, chosen so that the cv2 path's numbers come out:
 - Canvas pixel coordinates have pixel centres at integers (cv2.remap). A canvas x is the grid_sample coordinate
