@@ -44,7 +44,11 @@ def real_models(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, ob
     from avatarcam.generators.mesh import torch_warp as mesh_torch
 
     folder = tmp_path_factory.mktemp("fp16")
-    models = fx.load_fomm_models(fx.SMOKE_CHECKPOINT)
+    # At 128, the tiny checkpoint's smallest size, where the bounds above were measured. The same random tiny
+    # weights at FOMM's default 256 reach prediction 0.39 max abs / 35 dB and keypoints 0.026 in fp16 (measured, 10
+    # seeds): random weights, not the conversion, drive activations out of float16's comfortable range there. The
+    # fp16 error of real-shaped weights on a GPU is what tools/gpu_check.py reports.
+    models = fx.load_fomm_models(fx.SMOKE_CHECKPOINT, image_size=128)
     fx.ensure_exported(models, engines_dir=folder)
     recipes = fx.recipes_for(models)
     export_dir = fx.export_folder(models, engines_dir=folder)

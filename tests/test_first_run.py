@@ -160,7 +160,7 @@ def test_named_missing_camera_opens_the_preview_at_once_and_esc_quits(tmp_path):
                        "output.preview=on", "--duration", "60", "--log-level", "DEBUG")
         try:
             app.wait_for("status: waiting for camera 9...", 60)
-            view = _preview_box(display)  # the window is there, with the avatar at rest, before any frame
+            view = _drawn_preview(display)  # the window is there, with the avatar at rest, before any frame
             assert view.shape[0] > 200 and view.mean() > 30
             xdotool(display, "key", "Escape")
             app.wait_for("command: quit", 15)
