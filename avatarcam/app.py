@@ -19,7 +19,7 @@ from typing import Any
 
 from avatarcam.capture import CaptureThread, SourceSpec, camera_device_exists, first_frame, probe_camera
 from avatarcam.commands import Command, SelectAvatar
-from avatarcam.config import Config
+from avatarcam.config import AvatarsConfig, Config
 from avatarcam.errors import AvatarError, FaceMimicError
 from avatarcam.generators import build_reenactor
 from avatarcam.landmarks import FaceLandmarker, landmark_model_path
@@ -223,13 +223,15 @@ class App:
             first_frame(str(spec.target))  # a file that opens but decodes nothing: an error before any output opens
         with contextlib.ExitStack() as cleanup:
             cleanup.callback(reenactor.close)
+            # The avatar shown first is loaded before any output opens: a wrong avatar is an error that leaves no
+            # empty recording behind.
+            store = self.store = self._avatar_store(model_path, reenactor)
+            cleanup.callback(store.close)
+            first_avatar, _ = store.load_first(self._first_avatar(store))
             outputs = OutputStage()
             cleanup.callback(outputs.stop)
             video_path = self._subscribe_sinks(outputs, reenactor.canvas_size, want_preview)
             spec, self.is_sample = self._source(vcam_live="vcam" in outputs.names)
-            store = self.store = self._avatar_store(model_path, reenactor)
-            cleanup.callback(store.close)
-            first_avatar, _ = store.load_first(self._first_avatar(store))
             store.reload()
             capture = self.capture = self._capture(spec, looping=want_preview or "vcam" in outputs.names)
             landmarker = cleanup.enter_context(self._landmarker(model_path))
@@ -330,6 +332,9 @@ class App:
     def _first_avatar_path(self, store: AvatarStore, index: int | None, name: str | None) -> Path:
         from avatarcam.avatars import scan_folder
 
+        if not store.folder.is_dir():
+            raise AvatarError(f"the avatars folder {store.folder} does not exist: create it and add a portrait, or "
+                              "choose another with --avatars-folder (avatars.folder)")
         paths = scan_folder(store.folder)
         if not paths:
             raise AvatarError(f"the avatars folder {store.folder} has no pictures (PNG, JPEG, WebP, GIF, TIFF, ...): "
@@ -342,7 +347,10 @@ class App:
         for p in paths:
             if p.stem == name:
                 return p
-        raise AvatarError(f"no avatar named {name!r} in {store.folder}: choose one of "
+        if name == AvatarsConfig().default:  # the built-in default, in a folder of the user's own: start with theirs
+            log.info("no %r in %s: starting with %s (set avatars.default to choose)", name, store.folder, paths[0].name)
+            return paths[0]
+        raise AvatarError(f"no avatar named {name!r} (avatars.default) in {store.folder}: choose one of "
                           f"{', '.join(p.stem for p in paths)}, or give an image path")
 
     def _subscribe_sinks(self, outputs: OutputStage, canvas_size: int, want_preview: bool) -> Path | None:
@@ -350,7 +358,7 @@ class App:
         self._subscribe_camera(outputs)
         video_path = project_path(self.config.output.video)
         if video_path is None and not want_preview and not outputs.names:
-            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]  # two runs in one second get two files
             video_path = PROJECT_ROOT / "out" / f"facemimic-{stamp}.mp4"
             message = (f"no display and no virtual camera: writing the output to {video_path} "
                        "(see README, 'Virtual camera')")

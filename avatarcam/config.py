@@ -34,9 +34,10 @@ class CaptureConfig:
     fps: float = _key(30.0, "requested camera frame rate", low=1, high=240)
     mirror: bool = _key(True, "flip the driving video left-right, like a mirror (cameras only)")
     pace: bool = _key(True, "video files: play at the file's own frame rate (false: as fast as possible)")
-    loop: bool = _key(True, "video files: start again at the end (live mode)")
-    retry_s: float = _key(1.0, "first wait before reopening a camera that failed; doubles up to 10 s", low=0.05,
-                          high=60)
+    loop: bool = _key(True, "video files: start again at the end while a preview or virtual camera is open "
+                      "(with neither, a file plays once)")
+    retry_s: float = _key(1.0, "first wait before reopening a camera that failed; doubles, up to 1 s between tries",
+                          low=0.05, high=60)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class AvatarsConfig:
 
     folder: str = _key("avatars", "folder of avatar images (relative to the project folder, or absolute)")
     default: str = _key("astronaut", "avatar shown at start: a file name without extension, a 1-based index, "
-                        "or an image path")
+                        "or an image path; when the built-in default is not in the folder, its first avatar")
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,11 @@ def test_sample_fallback_shows_a_demo_banner_help_and_notices(tmp_path):
             plain = _drawn_preview(display)
             top = plain[:20].reshape(-1, 3).mean(0)
             assert top[2] > 150 and top[0] < 60 and top[1] < 60, f"no red DEMO banner at the top: {top}"
+            # Freeze the picture first, so that only the help box can change the middle of the window.
+            xdotool(display, "key", "f")
+            app.wait_for("command: freeze")
+            time.sleep(0.8)
+            plain = _preview_box(display)
             xdotool(display, "key", "h")
             app.wait_for("command: help")
             time.sleep(0.8)

@@ -118,11 +118,16 @@ def install_liveportrait() -> None:
     """LivePortrait's published weights (MIT) into engines/pretrained_weights/liveportrait, sha256-checked against the
     hub's own record (untested against huggingface.co: see avatarcam/generators/liveportrait/download.py). Runs in
     a child process: this script imports nothing of avatarcam, which install_packages() has installed by now."""
-    code = ("import sys; from pathlib import Path; "
-            "from avatarcam.generators.liveportrait.download import download_liveportrait; "
-            "folder = download_liveportrait(Path(sys.argv[1]), progress=lambda line: print('liveportrait:', line)); "
+    code = ("import sys; from pathlib import Path; from avatarcam.errors import FaceMimicError; "
+            "from avatarcam.generators.liveportrait.download import download_liveportrait\n"
+            "try:\n"
+            "    folder = download_liveportrait(Path(sys.argv[1]), progress=lambda line: print('liveportrait:', line))\n"
+            "except FaceMimicError as exc:\n"
+            "    sys.exit(f'liveportrait: {exc}')\n"
             "print(f'liveportrait: use it with `python run.py --model liveportrait --checkpoint {folder}`')")
-    run([sys.executable, "-c", code, str(ROOT / "engines" / "pretrained_weights")])
+    print("+ fetching LivePortrait's weights", flush=True)
+    if subprocess.run([sys.executable, "-c", code, str(ROOT / "engines" / "pretrained_weights")]).returncode != 0:
+        raise SystemExit("LivePortrait's weights were not installed (the line above says why); everything else is")
 
 
 def main() -> None:

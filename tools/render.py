@@ -19,10 +19,23 @@ from avatarcam.offline import render_video
 from avatarcam.paths import DEFAULT_CONFIG
 
 
+def avatar_path(value: str, config) -> Path:
+    """--avatar as an image path, or as the name of a picture in the avatars folder (as run.py --avatar takes it)."""
+    path = Path(value).expanduser()
+    if path.is_file() or path.suffix or "/" in value or "\\" in value:
+        return path
+    from avatarcam.avatars import scan_folder
+    from avatarcam.paths import project_path
+
+    folder = project_path(config.avatars.folder)
+    named = [p for p in (scan_folder(folder) if folder is not None and folder.is_dir() else []) if p.stem == value]
+    return named[0] if named else path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--driver", required=True, help="driving video file")
-    parser.add_argument("--avatar", required=True, help="avatar image")
+    parser.add_argument("--avatar", required=True, help="avatar image, or the name of one in the avatars folder")
     parser.add_argument("--out", required=True, help="output video (.mp4, .avi, or .mkv for lossless FFV1)")
     parser.add_argument("--neutral-frame", type=int, default=0, help="driver frame taken as the neutral pose")
     parser.add_argument("--side-by-side", action="store_true", help="driver and avatar next to each other")
@@ -54,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         model_path = landmark_model_path(config)
         reenactor = build_reenactor(config.generator, config.motion)
         with FaceLandmarker(model_path=model_path, mode="image") as landmarker:
-            avatar = load_avatar(Path(args.avatar), landmarker, reenactor.canvas_size)
+            avatar = load_avatar(avatar_path(args.avatar, config), landmarker, reenactor.canvas_size)
         prepared = reenactor.prepare(avatar)
         report = render_video(args.driver, avatar, prepared, reenactor, Path(args.out), model_path=model_path,
                               neutral_frame=args.neutral_frame, sbs=args.side_by_side, progress=not args.quiet)

@@ -65,7 +65,8 @@ def hub_manifest(paths: tuple[str, ...] = HUB_FILES, *, api: str = HUB_API,
         except (OSError, ValueError) as error:
             raise ModelFileError(
                 f"cannot read the LivePortrait file list {url} ({error}): check the network, or download the "
-                f"{HUB_REPO} files by hand into pretrained_weights/liveportrait"
+                f"{HUB_REPO} files by hand into engines/pretrained_weights/liveportrait (or any folder: --checkpoint "
+                "names it)"
             ) from error
         for entry in listing if isinstance(listing, list) else []:
             lfs = entry.get("lfs") if isinstance(entry, dict) else None
@@ -75,7 +76,8 @@ def hub_manifest(paths: tuple[str, ...] = HUB_FILES, *, api: str = HUB_API,
     if missing:
         raise ModelFileError(
             f"{api} does not list {missing} with an LFS sha256: the repository layout changed; download the files "
-            f"by hand from https://huggingface.co/{HUB_REPO} into pretrained_weights/liveportrait"
+            f"by hand from https://huggingface.co/{HUB_REPO} into engines/pretrained_weights/liveportrait (or any "
+            "folder: --checkpoint names it)"
         )
     return found
 
