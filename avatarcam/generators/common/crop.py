@@ -141,3 +141,39 @@ class CropTracker:
         if first:
             return box  # exactly the calibration crop when the neutral frame is rendered (the filter is float32)
         return CropBox(center_x=float(smooth[0]), center_y=float(smooth[1]), side=float(smooth[2]))
+
+
+def check_driver_frame(frame_bgr: np.ndarray) -> None:
+    """FaceMimicError unless frame_bgr is (H, W, 3) uint8 (a driver frame as capture delivers it)."""
+    if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+        raise FaceMimicError(
+            f"unexpected driver frame: shape {frame_bgr.shape}, dtype {frame_bgr.dtype}; expected (H, W, 3) uint8"
+        )
+
+
+def paste_into_canvas(generated_bgr: np.ndarray, crop_to_canvas: np.ndarray, rest_canvas_bgr: np.ndarray,
+                      alpha: np.ndarray, rest_weight: np.ndarray, out: np.ndarray,
+                      warped: np.ndarray | None = None) -> np.ndarray:
+    """Blend a generated crop ((s, s, 3) uint8 BGR) back into the avatar canvas, in place in out ((S, S, 3) uint8).
+
+    crop_to_canvas: (2, 3) affine from crop to canvas pixels (CropBox.crop_to_image, scaled); alpha and rest_weight:
+    (S, S) float32 feathered weights that sum to 1 (feather_mask warped to the canvas). warped: an optional (S, S, 3)
+    uint8 scratch buffer, so that nothing is allocated per frame.
+    """
+    size = out.shape[1], out.shape[0]
+    warped = cv2.warpAffine(generated_bgr, crop_to_canvas, size, dst=warped, flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REPLICATE)
+    cv2.blendLinear(warped, rest_canvas_bgr, alpha, rest_weight, dst=out)
+    return out
+
+
+def lost_face_ease(elapsed_s: float, hold_s: float, ease_s: float) -> float | None:
+    """How far back to the avatar's own pose the output is, `elapsed_s` after the driver's face was lost.
+
+    None while the last output is held (elapsed <= hold_s); then 0..1 along a raised cosine (smooth start and stop)
+    over ease_s seconds; 1.0 once the avatar is at rest.
+    """
+    if elapsed_s <= hold_s:
+        return None
+    t = min(1.0, (elapsed_s - hold_s) / max(ease_s, 1e-3))
+    return 1.0 if t >= 1.0 else 0.5 - 0.5 * math.cos(math.pi * t)

@@ -55,3 +55,11 @@ def gpu_runs(requested: str, hardware: Any) -> bool:
         (hardware.tensorrt_version is not None and hardware.torch_cuda) or hardware.onnxruntime_cuda
         or hardware.torch_cuda
     )
+
+
+def runtime_label(labels: dict[str, str], prefix: str) -> str:
+    """One label when every model runs on the same runtime ('onnxruntime-cpu'), else 'name label' per model with the
+    family's prefix dropped from the model names ('kp_detector onnxruntime-cpu, frame_generator torch-cpu-bf16')."""
+    if len(set(labels.values())) == 1:
+        return next(iter(labels.values()))
+    return ", ".join(f"{name.removeprefix(prefix)} {label}" for name, label in labels.items())

@@ -47,12 +47,15 @@ from avatarcam.generators.common.crop import (
     CropBox,
     CropTracker,
     bgr_to_model_input,
+    check_driver_frame,
     crop_square,
     face_box,
     feather_mask,
+    lost_face_ease,
+    paste_into_canvas,
     resize_square,
 )
-from avatarcam.generators.common.runtime import LockedRunner, gpu_runs, needs_onnx
+from avatarcam.generators.common.runtime import LockedRunner, gpu_runs, needs_onnx, runtime_label
 from avatarcam.motion import MotionSettings
 from avatarcam.paths import ENGINES_DIR, PROJECT_ROOT
 from avatarcam.types import Observed
@@ -556,10 +559,7 @@ class FommReenactor:
     @property
     def runtime(self) -> str:
         """Where FOMM runs, as MeshReenactor.runtime says it: 'onnxruntime-cpu', or one label per model if mixed."""
-        labels = self.runners.labels
-        if len(set(labels.values())) == 1:
-            return next(iter(labels.values()))
-        return ", ".join(f"{name.removeprefix('fomm_')} {label}" for name, label in labels.items())
+        return runtime_label(self.runners.labels, "fomm_")
 
     def close(self) -> None:
         """Release the runtimes."""
@@ -634,10 +634,7 @@ class FommReenactor:
                      crop_bgr: np.ndarray) -> CropBox | None:
         """Fill `image` with the model input for a driver frame; the box used (tracked when time_s is given)."""
         frame_bgr = observed.frame.image_bgr
-        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
-            raise FaceMimicError(
-                f"unexpected driver frame: shape {frame_bgr.shape}, dtype {frame_bgr.dtype}; expected (H, W, 3) uint8"
-            )
+        check_driver_frame(frame_bgr)
         if not self.settings.crop:
             bgr_to_model_input(resize_square(frame_bgr, self.image_size, out=crop_bgr), image)
             return None
@@ -711,10 +708,10 @@ class FommReenactor:
                 rgb = cv2.resize(rgb, (self.canvas_size, self.canvas_size), interpolation=cv2.INTER_LINEAR)
             cv2.cvtColor(cv2.convertScaleAbs(rgb, alpha=255.0), cv2.COLOR_RGB2BGR, dst=out)
             return
+        assert prepared.alpha is not None and prepared.rest_weight is not None  # set together with crop_to_canvas
         _prediction_to_bgr(prediction, self._generated_bgr)
-        cv2.warpAffine(self._generated_bgr, prepared.crop_to_canvas, (self.canvas_size, self.canvas_size),
-                       dst=self._warped_bgr, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        cv2.blendLinear(self._warped_bgr, prepared.rest_canvas_bgr, prepared.alpha, prepared.rest_weight, dst=out)
+        paste_into_canvas(self._generated_bgr, prepared.crop_to_canvas, prepared.rest_canvas_bgr, prepared.alpha,
+                          prepared.rest_weight, out, warped=self._warped_bgr)
 
     def _render_lost(self, prepared: FommPrepared, time_s: float, out: np.ndarray,
                      timings: dict[str, float]) -> np.ndarray:
@@ -727,16 +724,14 @@ class FommReenactor:
             self._lost_since_s = time_s
             self.motion.reset()  # the face may come back anywhere: do not smooth across the gap
             self._tracker.reset()
-        elapsed = time_s - self._lost_since_s
         settings = self.motion.settings
-        if elapsed <= settings.lost_face_hold_s:
+        ease = lost_face_ease(time_s - self._lost_since_s, settings.lost_face_hold_s, settings.lost_face_ease_s)
+        if ease is None:
             out[...] = self._last_canvas
             return out
-        t = min(1.0, (elapsed - settings.lost_face_hold_s) / max(settings.lost_face_ease_s, 1e-3))
-        if t >= 1.0:
+        if ease >= 1.0:
             out[...] = prepared.rest_canvas_bgr
             return out
-        ease = 0.5 - 0.5 * math.cos(math.pi * t)  # smooth start and stop
         kp = FommKeypointArrays(
             value=((1 - ease) * last.value + ease * prepared.kp.value).astype(np.float32),
             jacobian=((1 - ease) * last.jacobian + ease * prepared.kp.jacobian).astype(np.float32),

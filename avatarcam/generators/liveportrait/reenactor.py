@@ -55,12 +55,15 @@ from avatarcam.generators.common.crop import (
     CropBox,
     CropTracker,
     bgr_to_model_input,
+    check_driver_frame,
     crop_square,
     face_box,
     feather_mask,
+    lost_face_ease,
+    paste_into_canvas,
     resize_square,
 )
-from avatarcam.generators.common.runtime import LockedRunner, needs_onnx
+from avatarcam.generators.common.runtime import LockedRunner, needs_onnx, runtime_label
 from avatarcam.generators.liveportrait import motion as mo
 from avatarcam.motion import MotionSettings
 from avatarcam.paths import ENGINES_DIR
@@ -346,10 +349,7 @@ class LivePortraitReenactor:
 
     @property
     def runtime(self) -> str:
-        labels = self.runners.labels
-        if len(set(labels.values())) == 1:
-            return next(iter(labels.values()))
-        return ", ".join(f"{n.removeprefix('lp_')} {label}" for n, label in labels.items())
+        return runtime_label(self.runners.labels, "lp_")
 
     def close(self) -> None:
         self.runners.close()
@@ -423,10 +423,7 @@ class LivePortraitReenactor:
     def _driver_crop(self, observed: Observed, time_s: float | None, image: np.ndarray,
                      crop_bgr: np.ndarray) -> CropBox | None:
         frame_bgr = observed.frame.image_bgr
-        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
-            raise FaceMimicError(
-                f"unexpected driver frame: shape {frame_bgr.shape}, dtype {frame_bgr.dtype}; expected (H, W, 3) uint8"
-            )
+        check_driver_frame(frame_bgr)
         if not self.settings.crop:
             crop_bgr[...] = _resize_like_liveportrait(frame_bgr)
             bgr_to_model_input(crop_bgr, image)
@@ -532,9 +529,8 @@ class LivePortraitReenactor:
             out[...] = bgr
             return
         assert prepared.alpha is not None and prepared.rest_weight is not None  # set together with crop_to_canvas
-        warped = cv2.warpAffine(bgr, prepared.crop_to_canvas, (self.canvas_size, self.canvas_size),
-                                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        cv2.blendLinear(warped, prepared.rest_canvas_bgr, prepared.alpha, prepared.rest_weight, dst=out)
+        paste_into_canvas(bgr, prepared.crop_to_canvas, prepared.rest_canvas_bgr, prepared.alpha, prepared.rest_weight,
+                          out)
 
     def _render_lost(self, prepared: LivePortraitPrepared, time_s: float, out: np.ndarray,
                      timings: dict[str, float]) -> np.ndarray:
@@ -547,16 +543,14 @@ class LivePortraitReenactor:
             self._lost_since_s = time_s
             self._motion.reset()
             self._tracker.reset()
-        elapsed = time_s - self._lost_since_s
         s = self._motion.settings
-        if elapsed <= s.lost_face_hold_s:
+        ease = lost_face_ease(time_s - self._lost_since_s, s.lost_face_hold_s, s.lost_face_ease_s)
+        if ease is None:
             out[...] = self._last_canvas
             return out
-        t = min(1.0, (elapsed - s.lost_face_hold_s) / max(s.lost_face_ease_s, 1e-3))
-        if t >= 1.0:
+        if ease >= 1.0:
             out[...] = prepared.rest_canvas_bgr
             return out
-        ease = 0.5 - 0.5 * math.cos(math.pi * t)
         x_d = ((1 - ease) * last + ease * prepared.x_s).astype(np.float32)
         self._generate_into(prepared, x_d, out, timings)
         fade = ease**3
