@@ -310,3 +310,15 @@ def onnxruntime_max_ir_version() -> int:
             continue
         return ir_version
     raise EngineError(f"onnxruntime {ort.__version__} loads no IR version from 3 to {onnx.IR_VERSION}: reinstall it")
+
+
+def export_mismatch(onnx_path: Path, io: ModelIO) -> str | None:
+    """Why an existing export cannot serve a model with inputs `io` (None: it can): a bad sidecar or other shapes."""
+    try:
+        exported = load_exported(onnx_path)
+    except ModelFileError as exc:
+        return str(exc)
+    expected = {spec.name: tuple(spec.shape or ()) for spec in io.inputs}
+    if dict(exported.example_shapes) != expected:
+        return f"{onnx_path.name} was exported for shapes {dict(exported.example_shapes)}, not {expected}"
+    return None

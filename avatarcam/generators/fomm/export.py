@@ -31,7 +31,7 @@ import numpy as np
 
 from avatarcam.backends.base import ModelIO, TensorSpec
 from avatarcam.backends.models import ExportRecipe
-from avatarcam.errors import ConfigError, EngineError, FaceMimicError, ModelFileError
+from avatarcam.errors import ConfigError, EngineError, FaceMimicError
 from avatarcam.paths import PROJECT_ROOT
 
 __all__ = [
@@ -264,19 +264,6 @@ def export_folder(models: FommModels, *, engines_dir: Path | str) -> Path:
     return Path(engines_dir) / f"fomm-{models.key}"
 
 
-def _usable(onnx_path: Path, io: ModelIO) -> str | None:
-    """Why an existing export cannot be used (None: it can)."""
-    from avatarcam.backends.export import load_exported
-
-    try:
-        exported = load_exported(onnx_path)
-    except ModelFileError as exc:
-        return str(exc)
-    expected = {spec.name: tuple(spec.shape or ()) for spec in io.inputs}
-    if dict(exported.example_shapes) != expected:
-        return f"{onnx_path.name} was exported for shapes {dict(exported.example_shapes)}, not {expected}"
-    return None
-
 
 def ensure_exported(
     models: FommModels,
@@ -286,7 +273,7 @@ def ensure_exported(
     log_line: Callable[[str], None] = log.info,
 ) -> dict[str, Path]:
     """name -> ONNX path in export_folder(); exports (and verifies against torch) what is missing or stale."""
-    from avatarcam.backends.export import export_onnx
+    from avatarcam.backends.export import export_mismatch, export_onnx
     from avatarcam.backends.verify import verify_onnx
 
     folder = export_folder(models, engines_dir=engines_dir)
@@ -296,7 +283,7 @@ def ensure_exported(
     for name in names:
         path = folder / f"{name}.onnx"
         paths[name] = path
-        problem = _usable(path, ios[name]) if path.exists() else "not exported yet"
+        problem = export_mismatch(path, ios[name]) if path.exists() else "not exported yet"
         if problem is None:
             continue
         recipe = recipes[name]

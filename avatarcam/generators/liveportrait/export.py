@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avatarcam.backends.base import ModelIO, TensorSpec
-from avatarcam.errors import FaceMimicError, ModelFileError
+from avatarcam.errors import FaceMimicError
 
 __all__ = [
     "APPEARANCE",
@@ -226,24 +226,11 @@ def export_folder(models: Any, *, engines_dir: Path | str) -> Path:
     return Path(engines_dir) / f"liveportrait-{models.key}"
 
 
-def _usable(onnx_path: Path, io: ModelIO) -> str | None:
-    """Why an existing export cannot be used (None: it can)."""
-    from avatarcam.backends.export import load_exported
-
-    try:
-        exported = load_exported(onnx_path)
-    except ModelFileError as exc:
-        return str(exc)
-    expected = {spec.name: tuple(spec.shape or ()) for spec in io.inputs}
-    if dict(exported.example_shapes) != expected:
-        return f"{onnx_path.name} was exported for shapes {dict(exported.example_shapes)}, not {expected}"
-    return None
-
 
 def ensure_exported(models: Any, *, engines_dir: Path | str, names: tuple[str, ...] = GRAPH_NAMES,
                     log_line: Callable[[str], None] = log.info) -> dict[str, Path]:
     """name -> ONNX path in export_folder(); exports and verifies (ONNX Runtime CPU vs torch) what is missing."""
-    from avatarcam.backends.export import export_onnx
+    from avatarcam.backends.export import export_mismatch, export_onnx
     from avatarcam.backends.verify import verify_onnx
 
     folder = export_folder(models, engines_dir=engines_dir)
@@ -252,7 +239,7 @@ def ensure_exported(models: Any, *, engines_dir: Path | str, names: tuple[str, .
         path = folder / f"{name}.onnx"
         paths[name] = path
         io = graph_io(models, name)
-        problem = _usable(path, io) if path.exists() else "not exported yet"
+        problem = export_mismatch(path, io) if path.exists() else "not exported yet"
         if problem is None:
             continue
         log_line(f"Exporting {name} to {path} ({problem}); first use, this takes a while")
