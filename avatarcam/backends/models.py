@@ -55,8 +55,9 @@ class ExportRecipe:
     """torch.onnx dynamic_axes, e.g. {"source": {0: "batch"}}; None exports fixed shapes."""
     make_inputs: Callable[[np.random.Generator], dict[str, np.ndarray]] | None = None
     """Fresh valid inputs for verification (e.g. grids in [-1, 1]); None draws uniform [-1, 1) like the examples."""
-    atol: float = 1e-4
-    """Largest max abs error accepted between ONNX Runtime CPU and torch."""
+    atol: float = 5e-4
+    """Largest max abs error accepted between ONNX Runtime CPU and torch: 10x the worst float noise measured across
+    CPUs, thread counts and runtimes on the FOMM graphs (4.5e-5; tools/measure_float_noise.py)."""
     opset: int = DEFAULT_OPSET
 
     @property

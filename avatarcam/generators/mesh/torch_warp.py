@@ -265,6 +265,11 @@ def random_inputs(rng: np.random.Generator, *, settings: MeshSettings | None = N
     return {"image": image, "weights": weights, "displacements": displacements.astype(np.float32)}
 
 
+VERIFY_ATOL = 1e-3 * 255.0
+"""Export check, ONNX Runtime vs torch, in grey levels: 1e-3 of full scale, about 20x the worst float noise measured
+across CPUs and runtimes (0.0113; tools/measure_float_noise.py), so a first export does not fail on another CPU."""
+
+
 def export_recipe(*, settings: MeshSettings | None = None) -> ExportRecipe:
     """The registry recipe for mesh_warp at fixed shapes (default 512 canvas, 128 grid, N = NUM_CONTROL_POINTS)."""
     settings = settings or MeshSettings()
@@ -274,7 +279,7 @@ def export_recipe(*, settings: MeshSettings | None = None) -> ExportRecipe:
         example_inputs={s.name: np.zeros(cast(tuple[int, ...], s.shape), np.float32) for s in io.inputs},
         output_names=OUTPUT_NAMES,
         make_inputs=lambda rng: random_inputs(rng, settings=settings),
-        atol=1e-4 * 255.0,  # the image is in [0, 255]: 1e-4 of full scale
+        atol=VERIFY_ATOL,
     )
 
 
@@ -415,13 +420,17 @@ class MeshWarpRunner:
         return self
 
     def _ensure_exported(self, module: Any) -> str:
-        from avatarcam.backends.export import export_onnx, load_exported, source_hash
+        from avatarcam.backends.export import export_mismatch, export_onnx, load_exported, source_hash
         from avatarcam.backends.verify import verify_onnx
 
         expected = source_hash(module)
         try:
             load_exported(self.onnx_path, expected_source_hash=expected)
-            return expected
+            # The code hash does not see the control-point count, which the mesh model (not this module) sets.
+            problem = export_mismatch(self.onnx_path, self._io)
+            if problem is None:
+                return expected
+            self._log(f"{self._name}: exporting {self.onnx_path} ({problem})")
         except ModelFileError as exc:
             self._log(f"{self._name}: exporting {self.onnx_path} ({exc})")
         exported = export_onnx(
@@ -432,7 +441,7 @@ class MeshWarpRunner:
             output_names=OUTPUT_NAMES,
         )
         errors = verify_onnx(exported, module, random_inputs(np.random.default_rng(0), settings=self._settings),
-                             atol=1e-4 * 255.0)
+                             atol=VERIFY_ATOL)
         self._log(f"{self._name}: exported {self.onnx_path.name}; max abs error vs torch {errors['warped']:.2e}")
         self._exported = True
         return expected
