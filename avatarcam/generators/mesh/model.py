@@ -72,6 +72,8 @@ class PreparedMesh:
     """(3,) float32 BGR base colour of the mouth interior, taken from the avatar's lips."""
     rest_mouth_gap: float
     """The avatar's own inner-lip gap over mouth width: only opening beyond it gets a drawn interior."""
+    draw_features: bool = True
+    """Draw eyelids and a mouth interior; False for avatars whose face mesh does not fit (avatars.MeshFit)."""
 
 
 def _tps_kernel(r2: np.ndarray) -> np.ndarray:
@@ -233,9 +235,9 @@ class MeshGenerator:
             full_y = cv2.resize(map_y, (size, size), interpolation=cv2.INTER_LINEAR)
             cv2.remap(prepared.image_bgr, full_x, full_y, cv2.INTER_LINEAR, dst=out,
                       borderMode=cv2.BORDER_REPLICATE)
-        if driven.open_lids is not None:
+        if driven.open_lids is not None and prepared.draw_features:
             draw_eyelids(out, driven.points, driven.open_lids)
-        if self.settings.mouth_interior:
+        if self.settings.mouth_interior and prepared.draw_features:
             draw_mouth_interior(out, driven.points[_INNER_LIPS], prepared.mouth_palette, prepared.rest_mouth_gap)
         return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -31,8 +32,9 @@ class MeshReenactor:
         self.canvas_size = self.generator.settings.canvas_size
 
     def prepare(self, avatar: Avatar) -> PreparedMesh:
-        """Spline weights and face geometry of one avatar."""
-        return self.generator.prepare(avatar.canvas_bgr, avatar.points)
+        """Spline weights and face geometry of one avatar (no drawn eyelids or mouth when its mesh does not fit)."""
+        prepared = self.generator.prepare(avatar.canvas_bgr, avatar.points)
+        return prepared if avatar.mesh_fit.fits else dataclasses.replace(prepared, draw_features=False)
 
     def neutral_from(self, window: list[Observed]) -> Neutral:
         """Average the calibration window's landmarks."""
