@@ -17,6 +17,7 @@ from avatarcam.capture import file_info, frame_timestamps, iter_frames, iter_tim
 from avatarcam.errors import DeviceError, FaceMimicError
 from avatarcam.generators.base import Reenactor
 from avatarcam.landmarks import FaceLandmarker
+from avatarcam.sinks.video_file import open_writer
 from avatarcam.types import Frame, Observed
 
 log = logging.getLogger(__name__)
@@ -75,16 +76,6 @@ def driver_timing(times_s: list[float], nominal_fps: float) -> DriverTiming:
     starts = times[0] + np.arange(out_count) / fps
     index = np.searchsorted(times, starts + 0.5 / fps, side="right") - 1
     return DriverTiming(fps=fps, source_index=np.clip(index, 0, count - 1), driver_frames=count)
-
-
-def open_writer(out_path: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
-    """An mp4, avi or lossless mkv (FFV1) writer for (width, height) frames; a clear error when unusable."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    codec = {".avi": "MJPG", ".mkv": "FFV1"}.get(out_path.suffix.lower(), "mp4v")
-    writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter.fourcc(*codec), fps, size)
-    if not writer.isOpened():
-        raise DeviceError(f"cannot write video {out_path}: use a .mp4, .avi or .mkv name in a writable folder")
-    return writer
 
 
 def side_by_side(driver_bgr: np.ndarray, canvas_bgr: np.ndarray) -> np.ndarray:
