@@ -136,6 +136,8 @@ def open_capture(spec: SourceSpec, *, width: int = 1280, height: int = 720, fps:
         if spec.kind == "url":
             raise DeviceError(f"{spec.describe()} could not be opened (refused, or no answer within "
                               f"{open_timeout_ms / 1000:g} s): check the address and that the camera or stream is on")
+        if spec.kind == "file":
+            raise file_error(str(spec.target))
         raise DeviceError(f"{spec.describe()} could not be opened as a video: check the file or URL")
     return capture
 
@@ -166,8 +168,7 @@ def first_frame(path: str) -> np.ndarray:
     capture = cv2.VideoCapture(path)
     try:
         if not capture.isOpened():
-            raise DeviceError(f"video {path} could not be opened: is it a video file? Check the path, or re-save it "
-                              "as .mp4")
+            raise file_error(path)
         ok, frame = capture.read()
     finally:
         capture.release()
@@ -178,8 +179,69 @@ def first_frame(path: str) -> np.ndarray:
 
 def no_frames_message(path: str) -> str:
     """The error for a video that opens but decodes no frame (an interrupted download, a broken encode)."""
-    return (f"video {path} opens but no frame could be decoded (an interrupted download or a damaged file): "
-            "download or export it again, or re-encode it, e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`")
+    cut = mp4_truncation(path)
+    return (f"video {path} opens but no frame could be decoded ({cut or 'an interrupted download or a damaged file'}"
+            "): download or export it again, or re-encode it, e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`")
+
+
+# ISO base media (mp4, mov, m4v, 3gp) top-level box types: a file whose first box is one of these is walked.
+_MP4_TOP_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"uuid", b"pdin", b"moof", b"mfra",
+                  b"styp", b"sidx", b"meta"}
+
+
+def mp4_truncation(path: str | Path) -> str:
+    """How an mp4/mov file is cut short, in words ("" when it is whole, or not such a file).
+
+    Walks the top-level boxes (ISO/IEC 14496-12: a 32-bit big-endian size, a 4-character type, a 64-bit size when
+    the first is 1): a box that claims more bytes than the file has left means the file ends early; a file with
+    media but no 'moov' (or fragment 'moof') box has lost its index, which most recorders write last.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            seen: list[bytes] = []
+            offset = 0
+            while offset + 8 <= size and len(seen) < 10_000:
+                handle.seek(offset)
+                header = handle.read(16)
+                box_size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+                if not seen and kind not in _MP4_TOP_BOXES:
+                    return ""
+                if box_size == 1 and len(header) == 16:
+                    box_size = int.from_bytes(header[8:16], "big")
+                elif box_size == 0:  # "to the end of the file"
+                    box_size = size - offset
+                if box_size < 8:
+                    return ""  # not a box structure we can judge
+                seen.append(kind)
+                if offset + box_size > size:
+                    index = "" if b"moov" in seen or b"moof" in seen else "; its index ('moov' box) is missing"
+                    return (f"the file ends early: it is truncated at byte {size:,} of {offset + box_size:,} (its "
+                            f"'{kind.decode('latin-1')}' box is cut off{index}), an interrupted download or copy")
+                offset += box_size
+    except OSError:
+        return ""
+    if seen and b"mdat" in seen and b"moov" not in seen and b"moof" not in seen:
+        return ("the file has no index ('moov' box): the recording or download was cut off before it was finished")
+    return ""
+
+
+def file_error(path: str) -> DeviceError:
+    """The error for a video file that cannot be opened at all, saying why when the file is cut short."""
+    cut = mp4_truncation(path)
+    if cut:
+        return DeviceError(f"video {path} could not be opened: {cut}; download, copy or export it again")
+    return DeviceError(f"video {path} could not be opened: is it a video file? Check the path, or re-save it as .mp4")
+
+
+def ends_early_message(path: str, decoded: int, header_count: int = 0) -> str:
+    """The warning for a video that decodes some frames but is cut short ("" when it is whole)."""
+    cut = mp4_truncation(path)
+    if not cut:
+        return ""
+    listed = f" of the {header_count} its header lists" if header_count > decoded else ""
+    return (f"video {path} ends early: it is truncated at frame {decoded}{listed} ({cut}); using the {decoded} "
+            "frames that decoded. Download or export it again for the rest")
 
 
 def picture_spread(image_bgr: np.ndarray) -> float:
@@ -230,7 +292,7 @@ def file_info(path: str) -> tuple[int, float, tuple[int, int]]:
     capture = cv2.VideoCapture(path)
     try:
         if not capture.isOpened():
-            raise DeviceError(f"video {path} could not be opened: is it a video file?")
+            raise file_error(path)
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
         size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
@@ -256,7 +318,7 @@ def iter_timed_frames(path: str):
     in seconds from the stream's own timestamps (CAP_PROP_POS_MSEC), so variable frame rates keep their timing."""
     capture = cv2.VideoCapture(path)
     if not capture.isOpened():
-        raise DeviceError(f"video {path} could not be opened: is it a video file?")
+        raise file_error(path)
     try:
         while True:
             ok, frame = capture.read()
@@ -272,7 +334,7 @@ def frame_timestamps(path: str) -> list[float]:
     (container headers may give none, or a wrong one)."""
     capture = cv2.VideoCapture(path)
     if not capture.isOpened():
-        raise DeviceError(f"video {path} could not be opened: is it a video file?")
+        raise file_error(path)
     times: list[float] = []
     try:
         while capture.grab():
@@ -322,6 +384,9 @@ class CaptureThread(Worker):
         self._uniform_since: float | None = None
         self._last_seen_size: tuple[int, int] | None = None
         self.reconnects = 0
+        self._cut_checked = False
+        self.notes: list[str] = []
+        """Warnings about the source that the run summary may repeat (a file that ends early)."""
         self.resized_frames = 0
         self.garbage_frames = 0
 
@@ -406,6 +471,7 @@ class CaptureThread(Worker):
                         return index
                     if ok:
                         continue  # one undecodable frame inside a file: skip it
+                    self._warn_if_cut_short(since_restart)
                     if self._loop and since_restart > 0:  # (a restart that gives no frame ends the file)
                         capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
                         since_restart = 0
@@ -441,6 +507,16 @@ class CaptureThread(Worker):
                 self.ended.set()
                 return index
         return index
+
+    def _warn_if_cut_short(self, decoded: int) -> None:
+        """Once per source: say so when the file just played out ends early (a truncated download)."""
+        if self._cut_checked or self.spec.kind != "file":
+            return
+        self._cut_checked = True
+        message = ends_early_message(str(self.spec.target), decoded)
+        if message:
+            log.warning("%s", message)
+            self.notes.append(message)
 
     def _pace_frame(self, capture: VideoSource, prev_due: float | None, prev_ts: float | None,
                     period: float) -> tuple[float, float | None]:

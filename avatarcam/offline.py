@@ -13,7 +13,14 @@ import numpy as np
 from tqdm import tqdm
 
 from avatarcam.avatars import Avatar
-from avatarcam.capture import file_info, frame_timestamps, iter_frames, iter_timed_frames, no_frames_message
+from avatarcam.capture import (
+    ends_early_message,
+    file_info,
+    frame_timestamps,
+    iter_frames,
+    iter_timed_frames,
+    no_frames_message,
+)
 from avatarcam.errors import DeviceError, FaceMimicError
 from avatarcam.generators.base import Reenactor
 from avatarcam.landmarks import FaceLandmarker
@@ -105,6 +112,19 @@ def neutral_face_at(driver_path: str, index: int, model_path: Path, *, require_f
                          f"(choose 0..{i})")
 
 
+def _driver_plan(driver_path: str) -> tuple[list[float], DriverTiming]:
+    """One decoding pass over the driver: its frame times (the true count; headers may lie) and the output timing.
+    DeviceError when no frame decodes; a warning naming the frame where a truncated file stops."""
+    header_count, nominal_fps, _ = file_info(driver_path)
+    times = frame_timestamps(driver_path)
+    if not times:
+        raise DeviceError(no_frames_message(driver_path))
+    cut_short = ends_early_message(driver_path, len(times), header_count)
+    if cut_short:
+        log.warning("%s", cut_short)
+    return times, driver_timing(times, nominal_fps)
+
+
 def render_video(driver_path: str, avatar: Avatar, prepared, reenactor: Reenactor, out_path: Path, *,
                  model_path: Path, neutral_frame: int = 0, sbs: bool = False, progress: bool = True) -> RenderReport:
     """Render the driver in order at a constant rate that follows the frames' own timestamps.
@@ -113,11 +133,7 @@ def render_video(driver_path: str, avatar: Avatar, prepared, reenactor: Reenacto
     true rate even when the header says otherwise; a variable-rate one (phone and browser recordings) is resampled
     so the output lasts as long as the driver. Raises DeviceError for a video that opens but decodes no frame.
     """
-    _, nominal_fps, _ = file_info(driver_path)
-    times = frame_timestamps(driver_path)  # one decoding pass: the true frame count and timing (headers may lie)
-    if not times:
-        raise DeviceError(no_frames_message(driver_path))
-    timing = driver_timing(times, nominal_fps)
+    times, timing = _driver_plan(driver_path)
     fps = timing.fps
     repeats = np.bincount(timing.source_index, minlength=timing.driver_frames)
     # A reenactor that does not use landmarks (FOMM without cropping) needs no face, so MediaPipe is not run.
