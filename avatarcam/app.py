@@ -20,7 +20,7 @@ from typing import Any
 from avatarcam.capture import CaptureThread, SourceSpec, camera_device_exists, first_frame, probe_camera
 from avatarcam.commands import Command, SelectAvatar
 from avatarcam.config import AvatarsConfig, Config
-from avatarcam.errors import AvatarError, FaceMimicError
+from avatarcam.errors import AvatarError, DeviceError, FaceMimicError
 from avatarcam.generators import build_reenactor
 from avatarcam.landmarks import FaceLandmarker, landmark_model_path
 from avatarcam.motion import Calibrator
@@ -249,6 +249,9 @@ class App:
             if want_preview:
                 outputs.subscribe(self._preview(preview_bindings, status, inbox))
             hotkeys = self._hotkeys(global_bindings, inbox, cleanup)
+            listeners = [hotkeys.raise_if_failed] if hotkeys is not None else []
+            if spec.live and not want_preview and "vcam" not in outputs.names:  # a recording nobody watches
+                listeners.append(camera_wait_limit(capture, config.capture.wait_s, video_path))
             threads: list[Worker] = [capture, landmark_worker, worker]
             session = Session(
                 rendered=worker.rendered, outputs=outputs, status=status, stop_event=self.stop_event,
@@ -260,7 +263,7 @@ class App:
                     # dropped on the way: latest wins).
                     source_finished=lambda seq: capture.ended.is_set()
                     and pipeline_drained(capture.frames, landmark_worker, worker, seq),
-                    listeners=[hotkeys.raise_if_failed] if hotkeys is not None else [],
+                    listeners=listeners,
                 ),
             )
             session.resting = resting_frame(first_avatar.canvas_bgr, first_avatar.name)
@@ -392,6 +395,27 @@ class App:
         composer = FrameComposer(width=v.width, height=v.height, mode=v.fit, background=v.background)
         outputs.subscribe(PublishedOutput("vcam", sink, fps=v.fps, compose=composer.compose))
         log.info("virtual camera: %s on %s, %dx%d @ %g fps", sink.backend, sink.device, v.width, v.height, v.fps)
+
+
+def camera_wait_limit(capture: CaptureThread, wait_s: float, video_path: Path | None) -> Callable[[], None]:
+    """A session listener that ends a recording-only run when the live source has delivered no frame for wait_s
+    seconds (never, or not since the last one): DeviceError naming the source, the wait and the fix. The session's
+    clean-up then finishes the recording (the avatar at rest), so the file plays."""
+    started_s = time.perf_counter()
+
+    def check() -> None:
+        last_s = max(started_s, capture.last_frame_s or started_s)
+        waited_s = time.perf_counter() - last_s
+        if waited_s <= wait_s:
+            return
+        what = "gave no frame" if capture.last_frame_s is None else "stopped delivering frames"
+        saved = f"; the recording {video_path} was finished with what it had" if video_path is not None else ""
+        raise DeviceError(
+            f"{capture.spec.describe()} {what} for {wait_s:g} s (capture.wait_s) and there is no display or virtual "
+            "camera to keep waiting on: check it is plugged in and not used by another app, choose another with "
+            f"--source, or wait longer with --set capture.wait_s=SECONDS{saved}")
+
+    return check
 
 
 def resting_frame(canvas_bgr: Any, avatar_name: str) -> Rendered:

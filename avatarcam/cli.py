@@ -26,11 +26,33 @@ Ctrl+Alt+C recalibrate, Ctrl+Alt+0 passthrough, Ctrl+Alt+F freeze; see README fo
 """
 
 
+def program_name(argv0: str | None = None) -> str:
+    """How the user started us, for usage lines: `facemimic` (the installed command, facemimic.exe on Windows)
+    or `run.py` (everything else: run.py itself, an embedding program, a test runner)."""
+    name = os.path.basename(argv0 if argv0 is not None else (sys.argv[0] if sys.argv else ""))
+    return "facemimic" if name.lower().startswith("facemimic") else "run.py"
+
+
+def positive_seconds(text: str) -> float:
+    """--duration's type: a number of seconds above 0 (argparse reports the ArgumentTypeError with the flag)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a duration: give seconds above 0 (e.g. --duration 10), or leave --duration out to run "
+            "until you quit (q, Esc or Ctrl+C) or a video source ends")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; every flag maps onto a config.yaml key (flags win)."""
+    prog = program_name()
     p = argparse.ArgumentParser(
-        prog="run.py", description="FaceMimic: your webcam drives a portrait, published as the 'FaceMimic Camera'.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, description="FaceMimic: your webcam drives a portrait, published as the 'FaceMimic Camera'.",
+        epilog=EPILOG if prog == "run.py" else EPILOG.replace("python run.py", prog),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="config file (default: config.yaml)")
     src = p.add_argument_group("input")
@@ -66,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="set any config key, e.g. --set motion.head_rotation=0.8 (repeatable)")
-    run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--duration", type=positive_seconds, metavar="SECONDS",
+                     help="stop after this many seconds (above 0); without it the run lasts until you quit or a "
+                     "video source ends")
     run.add_argument("--check", action="store_true", help="self-test: camera, landmark model, virtual camera")
     run.add_argument("--list-config", action="store_true", help="print every config key and exit")
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))

@@ -38,6 +38,8 @@ class CaptureConfig:
                       "(with neither, a file plays once)")
     retry_s: float = _key(1.0, "first wait before reopening a camera that failed; doubles, up to 1 s between tries",
                           low=0.05, high=60)
+    wait_s: float = _key(30.0, "recording only (no display, no virtual camera): give up on a camera or URL that "
+                         "delivers no frame for this many seconds, finishing the recording", low=1, high=86400)
 
 
 @dataclass(frozen=True)

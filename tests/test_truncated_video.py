@@ -61,8 +61,8 @@ def cut_videos(tmp_path_factory):
     return out
 
 
-def test_index_first_file_cut_short_renders_the_frames_that_decode(cut_videos, mesh_setup, model_path, tmp_path,
-                                                                   caplog):
+def test_index_first_file_cut_short_renders_the_frames_that_decode(
+        cut_videos, mesh_setup, model_path, tmp_path, caplog):  # noqa: F811 (mesh_setup is the imported fixture)
     path = cut_videos["front"]
     decoded = _decodable(path)
     assert 0 < decoded < FRAMES
