@@ -136,6 +136,9 @@ class OutputConfig:
     video: str | None = _key(None, "also record the output to this video file (.mp4); used automatically when "
                              "there is neither a display nor a virtual camera")
     snapshot_dir: str = _key("snapshots", "folder for snapshot images")
+    badge: str = _key("auto", "stamp a small 'virtual avatar' label on the virtual camera and recordings: auto (on "
+                      "in swap mode), on, off; the badge hotkey (preview key v) toggles it",
+                      choices=("auto", "on", "off"))
 
 
 @dataclass(frozen=True)

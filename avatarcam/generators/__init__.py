@@ -44,6 +44,11 @@ def output_shape(reenactor: Reenactor[Any, Any], frame_shape: Sequence[int] | No
     return reenactor.canvas_size, reenactor.canvas_size, 3
 
 
+def landmark_faces(generator: Any) -> int:
+    """How many faces the landmarker looks for: generator.swap_max_faces for a multi_face family, else 1."""
+    return int(generator.swap_max_faces) if family(generator.model).multi_face else 1
+
+
 def build_reenactor(generator: Any, motion: Any) -> Reenactor[Any, Any]:
     """The reenactor chosen by generator.model, built from config's `generator` and `motion` sections."""
     return family(generator.model).build(GeneratorSections(generator=generator, motion=motion))
@@ -72,4 +77,4 @@ def model_spec(name: str, *, registry: Mapping[str, Any] | None = None, **option
 
 
 __all__ = ["EXPORTABLE_MODELS", "GENERATORS", "GeneratorFamily", "GeneratorSections", "Reenactor", "build_reenactor",
-           "export_registered", "family", "load_recipe", "model_spec", "output_shape"]
+           "export_registered", "family", "landmark_faces", "load_recipe", "model_spec", "output_shape"]
