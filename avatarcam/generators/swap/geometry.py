@@ -65,6 +65,11 @@ class SwapFace:
     """(T,) float32 signed triangle areas in the avatar (square pixels; the sign gives the winding)."""
     avatar_rigid: np.ndarray
     """(R, 2) float32 avatar canvas positions of landmarks.RIGID_POINTS (the face's overall similarity map)."""
+    avatar_points: np.ndarray
+    """(478, 2) float32 avatar canvas positions of every landmark (the avatar's face shape)."""
+    shape_weight: np.ndarray
+    """(478,) float32 how much of the avatar's face shape each user landmark takes on (0 on the eye and inner-lip
+    contours whose openings show the user's own eyes and mouth, rising to 1 a quarter eye distance away)."""
 
 
 def prepare_face(points: np.ndarray, *, avatar_eyes_mouth: bool) -> SwapFace:
@@ -72,9 +77,40 @@ def prepare_face(points: np.ndarray, *, avatar_eyes_mouth: bool) -> SwapFace:
     mesh = lm.tesselation_triangles()
     triangles = np.concatenate([mesh, _hole_fill_triangles()]) if avatar_eyes_mouth else mesh
     corners = np.ascontiguousarray(points[triangles][..., :2].astype(np.float32))
+    xy = points[:, :2].astype(np.float32)
+    if avatar_eyes_mouth:
+        weight = np.ones(len(xy), np.float32)
+    else:
+        openings = np.concatenate([np.array(r) for r in HOLE_POLYGONS] + [np.array(lm.RIGHT_IRIS + lm.LEFT_IRIS)])
+        eye_distance = float(np.linalg.norm(xy[lm.RIGHT_IRIS[0]] - xy[lm.LEFT_IRIS[0]])) or 1.0
+        nearest = np.sqrt(((xy[:, None, :] - xy[None, openings, :]) ** 2).sum(-1)).min(1) / eye_distance
+        t = np.clip((nearest - 0.05) / 0.2, 0.0, 1.0)
+        weight = (t * t * (3.0 - 2.0 * t)).astype(np.float32)
     return SwapFace(triangles=triangles, mesh_count=len(mesh), avatar_corners=corners,
                     avatar_area=signed_areas(corners),
-                    avatar_rigid=np.ascontiguousarray(points[list(lm.RIGID_POINTS), :2].astype(np.float32)))
+                    avatar_rigid=np.ascontiguousarray(points[list(lm.RIGID_POINTS), :2].astype(np.float32)),
+                    avatar_points=np.ascontiguousarray(xy), shape_weight=weight)
+
+
+def user_to_avatar(face: SwapFace, user_points: np.ndarray) -> np.ndarray:
+    """(3, 2) float32 similarity from the user's frame pixels to the avatar canvas, fitted on the rigid landmarks."""
+    return similarity(user_points[list(lm.RIGID_POINTS), :2].astype(np.float32), face.avatar_rigid)
+
+
+def identity_shape(face: SwapFace, user_points: np.ndarray, user_mean: np.ndarray, amount: float) -> np.ndarray:
+    """(478, 3) float32 user landmarks moved `amount` (0..1) of the way from the user's own face shape to the
+    avatar's, keeping the user's pose and expression: each point moves by shape_weight x amount x (avatar point -
+    the user's mean shape point), both in the avatar's canvas frame, carried back into the frame by the inverse of
+    the rigid similarity. `user_mean` is the user's (478, 2) shape over recent frames in the avatar's frame."""
+    to_avatar = user_to_avatar(face, user_points)
+    linear = to_avatar[:2].astype(np.float64)
+    det = float(np.linalg.det(linear))
+    if abs(det) < 1e-9:
+        return user_points
+    offset = (face.avatar_points - user_mean) @ np.linalg.inv(linear)
+    moved = user_points.copy()
+    moved[:, :2] += (amount * face.shape_weight)[:, None] * offset.astype(np.float32)
+    return moved
 
 
 def signed_areas(corners: np.ndarray) -> np.ndarray:

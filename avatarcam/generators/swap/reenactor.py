@@ -21,7 +21,15 @@ import numpy as np
 from avatarcam.avatars import Avatar
 from avatarcam.generators.base import GeneratorSections
 from avatarcam.generators.swap.colour import ColourMatch, apply_lab_transform, lab_stats
-from avatarcam.generators.swap.geometry import SwapFace, build_map, face_box, head_turn_deg, prepare_face
+from avatarcam.generators.swap.geometry import (
+    SwapFace,
+    build_map,
+    face_box,
+    head_turn_deg,
+    identity_shape,
+    prepare_face,
+    user_to_avatar,
+)
 from avatarcam.matching import shape_distance
 from avatarcam.motion import MotionSettings
 from avatarcam.types import FaceObservation, Observed
@@ -35,6 +43,8 @@ FEATHER = 0.05
 the seam lies inside the face and the blend never reaches past the mesh)."""
 APPEAR_S = 0.12
 """Time constant of the fade-in of a face that appears."""
+SHAPE_TIME_S = 1.5
+"""Time constant of the user's mean face shape (a slow average: expressions pass through, identity stays)."""
 
 
 def _smoothstep(edge0: float, edge1: float, x: float) -> float:
@@ -51,6 +61,10 @@ class SwapSettings:
     """True: the avatar's eyes and mouth interior are drawn too; False: the user's show through."""
     colour_time_s: float = 0.3
     """Time constant of the colour statistics' moving average (0: per-frame statistics)."""
+    shape: float = 0.7
+    """How far the user's face shape (outline, nose, brows, cheeks) is moved to the avatar's, 0..1: a face is
+    recognised by its shape as much as by its skin. The eye and inner-lip contours stay the user's while their
+    openings show the user's own eyes and mouth."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,8 @@ class _Slot:
     colour: ColourMatch
     presence: float = 0.0
     last_time_s: float | None = None
+    mean_shape: np.ndarray | None = None
+    """(478, 2) float32 the user's face shape over recent frames, in the avatar's canvas frame."""
 
 
 @dataclass
@@ -166,11 +182,14 @@ class SwapReenactor:
         dt = 0.0 if slot.last_time_s is None else min(max(time_s - slot.last_time_s, 0.0), 1.0)
         slot.last_time_s = time_s
         slot.presence += (1.0 - slot.presence) * (1.0 - math.exp(-dt / APPEAR_S))
-        weight = slot.presence * _smoothstep(FADE_END_DEG, FADE_START_DEG, head_turn_deg(points))
+        frontal = _smoothstep(FADE_END_DEG, FADE_START_DEG, head_turn_deg(points))
+        weight = slot.presence * frontal
         self.last_weights.append(weight)
         if box is None or weight <= 1e-3:
             self.last_colour.append(None)
             return
+        if self.settings.shape > 0:
+            points = self._reshaped(prepared.face, points, slot, dt, frontal)
         fmap = build_map(prepared.face, points, box, with_holes=not self.settings.avatar_eyes_mouth)
         t1 = time.perf_counter()
         low_w, low_h = box.low_size
@@ -202,6 +221,17 @@ class SwapReenactor:
         stage["map"] += (t1 - t0) * 1000
         stage["colour"] += (t2 - t1) * 1000
         stage["blend"] += (t3 - t2) * 1000
+
+    def _reshaped(self, face: SwapFace, points: np.ndarray, slot: _Slot, dt: float, frontal: float) -> np.ndarray:
+        """The user's landmarks with the avatar's face shape (SwapSettings.shape), less of it as the head turns
+        (a frontal shape difference applied to a turned face would misplace the features)."""
+        to_avatar = user_to_avatar(face, points)
+        shape = points[:, :2] @ to_avatar[:2] + to_avatar[2]
+        if slot.mean_shape is None:
+            slot.mean_shape = shape.astype(np.float32)
+        else:
+            slot.mean_shape += (1.0 - math.exp(-dt / SHAPE_TIME_S)) * (shape - slot.mean_shape)
+        return identity_shape(face, points, slot.mean_shape, self.settings.shape * frontal)
 
     def reset(self) -> None:
         """Forget the faces' colour statistics and fades (an avatar switch re-measures the avatar's colours)."""
