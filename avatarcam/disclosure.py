@@ -96,22 +96,28 @@ class DisclosureBadge:
         alpha = np.full((h, w, 1), 0.75, np.float32)
         return label, alpha
 
+    def region(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) pixel box the badge covers on a (width, height) frame."""
+        if self._label is None or self._label[0] != (width, height):
+            self._label = ((width, height), *self._make_label(width, height))
+        h, w = self._label[1].shape[:2]
+        margin = max(2, height // 60)
+        y0, x0 = max(0, height - h - margin), min(margin, width - w)
+        return x0, y0, x0 + w, y0 + h
+
     def stamp(self, frame_bgr: np.ndarray) -> np.ndarray:
         """The (H, W, 3) uint8 BGR frame with the badge (a copy in an internal buffer, overwritten next call), or the
         frame itself while disabled."""
         if not self.enabled:
             return frame_bgr
         height, width = frame_bgr.shape[:2]
-        if self._label is None or self._label[0] != (width, height):
-            self._label = ((width, height), *self._make_label(width, height))
+        x0, y0, x1, y1 = self.region(width, height)
+        assert self._label is not None
         _, label, alpha = self._label
         if self._buffer is None or self._buffer.shape != frame_bgr.shape:
             self._buffer = np.empty_like(frame_bgr)
         out = self._buffer
         np.copyto(out, frame_bgr)
-        h, w = label.shape[:2]
-        margin = max(2, height // 60)
-        y0, x0 = max(0, height - h - margin), min(margin, width - w)
-        roi = out[y0:y0 + h, x0:x0 + w]
+        roi = out[y0:y1, x0:x1]
         np.copyto(roi, (roi * (1.0 - alpha) + label * alpha + 0.5).astype(np.uint8))
         return out

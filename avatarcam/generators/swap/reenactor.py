@@ -101,7 +101,7 @@ class _Controls:
 
 
 class SwapReenactor:
-    """Face swap (a Reenactor[PreparedSwap, None] whose family draws on the driver frame)."""
+    """Face swap (a Reenactor[PreparedSwap, np.ndarray] whose family draws on the driver frame)."""
 
     name = "swap"
     needs_landmarks = True
@@ -124,11 +124,13 @@ class SwapReenactor:
         return PreparedSwap(image_bgr=np.ascontiguousarray(avatar.canvas_bgr), points=avatar.points,
                             face=prepare_face(avatar.points, avatar_eyes_mouth=self.settings.avatar_eyes_mouth))
 
-    def neutral_from(self, window: list[Observed]) -> None:
-        """The swap needs no neutral pose: the user's face is followed as it is."""
-        return None
+    def neutral_from(self, window: list[Observed]) -> np.ndarray:
+        """(478, 3) float32 mean landmarks of the window's first faces (zero rows when none): kept so the pipeline
+        counts the swap as calibrated; the swap itself follows the user's face as it is and needs no neutral."""
+        faces = [o.face.points_px for o in window if o.face is not None]
+        return np.mean(faces, 0).astype(np.float32) if faces else np.zeros((0, 3), np.float32)
 
-    def render(self, prepared: PreparedSwap, observed: Observed | None, neutral: None, time_s: float,
+    def render(self, prepared: PreparedSwap, observed: Observed | None, neutral: np.ndarray | None, time_s: float,
                out: np.ndarray, timings: dict[str, float] | None = None) -> np.ndarray:
         """The driver frame with the avatar's face on each of its faces, into `out` ((H, W, 3) uint8 BGR, the
         frame's shape); without an observation, the avatar at rest filling `out`."""
