@@ -190,3 +190,31 @@ def test_without_an_observation_the_avatar_fills_the_output(portrait_avatar):
     with pytest.raises(ValueError, match="driver frame"):
         frame = np.zeros((100, 100, 3), np.uint8)
         swap.render(swap.prepare(portrait_avatar), Observed(frame=Frame(frame, 0, 0.0), face=None), None, 0.0, out)
+
+
+def test_offline_render_is_frame_aligned_at_the_drivers_size(tmp_path, model_path, portrait_avatar):
+    """tools/render.py's renderer in swap mode: one output frame per driver frame, the driver's size, and output
+    frame t is driver frame t outside the face (lossless FFV1 in and out, so equality is exact)."""
+    from avatarcam.offline import render_video
+
+    driver = tmp_path / "driver.mkv"
+    # The square clip stretched to 640x360: a camera-shaped picture whose edges change from frame to frame.
+    source = [cv2.resize(f, (640, 360)) for f in itertools.islice(iter_frames(str(D12)), 12)]
+    writer = cv2.VideoWriter(str(driver), cv2.VideoWriter.fourcc(*"FFV1"), 25.0, (640, 360))
+    for frame in source:
+        writer.write(frame)
+    writer.release()
+    decoded = list(iter_frames(str(driver)))
+    swap = _swap()
+    out = tmp_path / "swapped.mkv"
+    report = render_video(str(driver), portrait_avatar, swap.prepare(portrait_avatar), swap, out,
+                          model_path=model_path, progress=False, num_faces=2)
+    assert report.frames == len(decoded) == 12 and report.faces_found == 12
+    rendered = list(iter_frames(str(out)))
+    # The picture's edges change between consecutive frames, so equality with frame t would catch an off-by-one.
+    assert sum(not np.array_equal(a[:, :60], b[:, :60]) for a, b in zip(decoded, decoded[1:])) >= 8
+    assert len(rendered) == 12 and rendered[0].shape == (360, 640, 3)
+    for t, (frame, image) in enumerate(zip(decoded, rendered)):
+        diff = np.abs(image.astype(int) - frame.astype(int)).max(2)
+        assert (diff[:, :60] == 0).all() and (diff[:, -60:] == 0).all(), f"frame {t}: outside the face is frame {t}"
+        assert (diff > 25).sum() > 500, f"frame {t} has the avatar's face"
