@@ -180,18 +180,18 @@ class SwapReenactor:
         t0 = time.perf_counter()
         height, width = frame.shape[:2]
         points = face.points_px
-        box = face_box(points, (width, height))
         dt = 0.0 if slot.last_time_s is None else min(max(time_s - slot.last_time_s, 0.0), 1.0)
         slot.last_time_s = time_s
         slot.presence += (1.0 - slot.presence) * (1.0 - math.exp(-dt / APPEAR_S))
         frontal = _smoothstep(FADE_END_DEG, FADE_START_DEG, head_turn_deg(points))
         weight = slot.presence * frontal
         self.last_weights.append(weight)
+        if self.settings.shape > 0 and weight > 1e-3:
+            points = self._reshaped(prepared.face, points, slot, dt, frontal)
+        box = face_box(points, (width, height))  # around the reshaped face, which may reach past the user's
         if box is None or weight <= 1e-3:
             self.last_colour.append(None)
             return
-        if self.settings.shape > 0:
-            points = self._reshaped(prepared.face, points, slot, dt, frontal)
         fmap = build_map(prepared.face, points, box, with_holes=not self.settings.avatar_eyes_mouth)
         t1 = time.perf_counter()
         low_w, low_h = box.low_size
