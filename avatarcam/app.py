@@ -20,8 +20,9 @@ from typing import Any
 from avatarcam.capture import CaptureThread, SourceSpec, camera_device_exists, first_frame, probe_camera
 from avatarcam.commands import Command, SelectAvatar
 from avatarcam.config import AvatarsConfig, Config
+from avatarcam.disclosure import DisclosureBadge
 from avatarcam.errors import AvatarError, DeviceError, FaceMimicError
-from avatarcam.generators import build_reenactor
+from avatarcam.generators import build_reenactor, family, landmark_faces
 from avatarcam.landmarks import FaceLandmarker, landmark_model_path
 from avatarcam.motion import Calibrator
 from avatarcam.outputs import (
@@ -97,6 +98,10 @@ class App:
         """True while the bundled sample clip stands in for a missing webcam (the preview says DEMO)."""
         self.show_help = False
         self._notice: tuple[str, float] = ("", 0.0)
+        badge = config.output.badge
+        self.badge = DisclosureBadge(enabled=badge == "on" or (badge == "auto"
+                                                               and family(config.generator.model).draws_on_frame))
+        """The "virtual avatar" label on the virtual camera and recordings (output.badge; the badge hotkey)."""
         # The app's command table; every other command goes to the render worker's table.
         self._actions: dict[Command, Callable[[], Any]] = {
             Command.QUIT: self.stop_event.set,
@@ -106,6 +111,7 @@ class App:
             Command.RELOAD_AVATARS: self._reload_avatars,
             Command.SNAPSHOT: self._snapshot_with_notice,
             Command.BEST_MATCH_AVATAR: self._best_match,
+            Command.BADGE: self._toggle_badge,
         }
 
     def notify(self, text: str) -> None:
@@ -133,6 +139,9 @@ class App:
 
     def _toggle_stats(self) -> None:
         self.show_stats = not self.show_stats
+
+    def _toggle_badge(self) -> None:
+        self.notify(f"'virtual avatar' badge {'on' if self.badge.toggle() else 'off'}")
 
     def _toggle_help(self) -> None:
         self.show_help = not self.show_help
@@ -230,7 +239,7 @@ class App:
             first_avatar, _ = store.load_first(self._first_avatar(store))
             outputs = OutputStage()
             cleanup.callback(outputs.stop)
-            video_path = self._subscribe_sinks(outputs, reenactor.canvas_size, want_preview)
+            video_path = self._subscribe_sinks(outputs, self._recording_size(reenactor), want_preview)
             spec, self.is_sample = self._source(vcam_live="vcam" in outputs.names)
             store.reload()
             capture = self.capture = self._capture(spec, looping=want_preview or "vcam" in outputs.names)
@@ -310,7 +319,15 @@ class App:
         lm = self.config.landmarks
         return FaceLandmarker(model_path=model_path, mode="video",
                               min_detection_confidence=lm.min_detection_confidence,
-                              min_tracking_confidence=lm.min_tracking_confidence)
+                              min_tracking_confidence=lm.min_tracking_confidence,
+                              num_faces=landmark_faces(self.config.generator))
+
+    def _recording_size(self, reenactor: Any) -> tuple[int, int]:
+        """(width, height) of a recording: the square canvas, or the requested camera size for a family that draws
+        on the camera frame (frames of another size are fitted into it)."""
+        if family(reenactor.name).draws_on_frame:
+            return self.config.capture.width, self.config.capture.height
+        return reenactor.canvas_size, reenactor.canvas_size
 
     def _preview(self, bindings: Any, status: StatusLine, inbox: Any) -> PreviewOutput:
         from avatarcam.preview import PreviewWindow, help_lines
@@ -356,7 +373,7 @@ class App:
         raise AvatarError(f"no avatar named {name!r} (avatars.default) in {store.folder}: choose one of "
                           f"{', '.join(p.stem for p in paths)}, or give an image path")
 
-    def _subscribe_sinks(self, outputs: OutputStage, canvas_size: int, want_preview: bool) -> Path | None:
+    def _subscribe_sinks(self, outputs: OutputStage, size: tuple[int, int], want_preview: bool) -> Path | None:
         """Open the virtual camera and/or the video file and subscribe them; returns the video path, if any."""
         self._subscribe_camera(outputs)
         video_path = project_path(self.config.output.video)
@@ -369,8 +386,16 @@ class App:
             self.notes.append(message)
         if video_path is not None:
             fps = float(self.config.vcam.fps)
-            sink = VideoFileSink(video_path, width=canvas_size, height=canvas_size, fps=fps).open()
-            outputs.subscribe(PublishedOutput("video", sink, fps=fps))
+            from avatarcam.vcam import FrameComposer
+
+            sink = VideoFileSink(video_path, width=size[0], height=size[1], fps=fps).open()
+            fit = FrameComposer(width=size[0], height=size[1], mode="fit", background="#000000")
+
+            def record(canvas_bgr: Any) -> Any:
+                same = canvas_bgr.shape[:2] == (size[1], size[0])
+                return self.badge.stamp(canvas_bgr if same else fit.compose(canvas_bgr))
+
+            outputs.subscribe(PublishedOutput("video", sink, fps=fps, compose=record))
         return video_path
 
     def _subscribe_camera(self, outputs: OutputStage) -> None:
@@ -393,7 +418,8 @@ class App:
             self.notes.append(message)
             return
         composer = FrameComposer(width=v.width, height=v.height, mode=v.fit, background=v.background)
-        outputs.subscribe(PublishedOutput("vcam", sink, fps=v.fps, compose=composer.compose))
+        outputs.subscribe(PublishedOutput("vcam", sink, fps=v.fps,
+                                          compose=lambda canvas_bgr: self.badge.stamp(composer.compose(canvas_bgr))))
         log.info("virtual camera: %s on %s, %dx%d @ %g fps", sink.backend, sink.device, v.width, v.height, v.fps)
 
 

@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_self_test(config)
         from avatarcam.app import App
         from avatarcam.config import CaptureConfig
+        from avatarcam.disclosure import show_first_start_notice
+
+        show_first_start_notice()
 
         # Only the untouched default camera falls back to the sample clip; a camera the user chose is waited for.
         explicit = args.source is not None or config.capture.source != CaptureConfig().source

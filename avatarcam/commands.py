@@ -30,6 +30,7 @@ class Command(str, enum.Enum):
     INTENSITY_UP = "intensity_up"
     INTENSITY_DOWN = "intensity_down"
     SNAPSHOT = "snapshot"
+    BADGE = "badge"
     HELP = "help"
     QUIT = "quit"
 

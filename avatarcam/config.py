@@ -110,6 +110,13 @@ class GeneratorConfig:
     fomm_config: str | None = _key(None, "fomm: FOMM's own YAML config (e.g. first-order-model/config/"
                                    "vox-adv-256.yaml): model_params and frame_shape; null: inferred from the "
                                    "checkpoint")
+    swap_max_faces: int = _key(4, "swap: most faces in the picture that get the avatar's face (MediaPipe's "
+                               "num_faces; each extra face found costs landmark time)", low=1, high=8)
+    swap_eyes_mouth: str = _key("user", "swap: whose eyes and mouth interior show: user (yours, through the "
+                                "avatar's eye and lip openings: gaze and speech read naturally) or avatar",
+                                choices=("user", "avatar"))
+    swap_colour_time_s: float = _key(0.3, "swap: seconds over which the skin-colour match to your lighting is "
+                                     "smoothed (0: every frame on its own, may flicker)", low=0.0, high=5.0)
 
 
 @dataclass(frozen=True)
@@ -131,6 +138,9 @@ class OutputConfig:
     video: str | None = _key(None, "also record the output to this video file (.mp4); used automatically when "
                              "there is neither a display nor a virtual camera")
     snapshot_dir: str = _key("snapshots", "folder for snapshot images")
+    badge: str = _key("auto", "stamp a small 'virtual avatar' label on the virtual camera and recordings: auto (on "
+                      "in swap mode), on, off; the badge hotkey (preview key v) toggles it",
+                      choices=("auto", "on", "off"))
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ DEFAULT_GLOBAL_BINDINGS: Mapping[Command, str] = MappingProxyType({
     Command.INTENSITY_UP: "<ctrl>+<alt>+<page_up>",
     Command.INTENSITY_DOWN: "<ctrl>+<alt>+<page_down>",
     Command.SNAPSHOT: "<ctrl>+<alt>+s",
+    Command.BADGE: "<ctrl>+<alt>+v",
 })
 """Global combos: Ctrl+Alt+key, so typing in a call's chat never switches avatars. quit has no global combo."""
 
@@ -63,6 +64,7 @@ DEFAULT_PREVIEW_BINDINGS: Mapping[Command, str] = MappingProxyType({
     Command.INTENSITY_UP: "+",
     Command.INTENSITY_DOWN: "-",
     Command.SNAPSHOT: "s",
+    Command.BADGE: "v",
     Command.HELP: "h",
     Command.QUIT: "q",
 })

@@ -117,25 +117,40 @@ def verify_model_file(path: Path | str) -> Path:
     return path
 
 
-def _to_observation(result, width: int, height: int) -> FaceObservation | None:
-    if not result.face_landmarks:
-        return None
-    points = np.array([(p.x, p.y, p.z) for p in result.face_landmarks[0]], dtype=np.float32)
-    # MediaPipe's x, y are normalised to the image, z to roughly the image width.
-    points *= np.array([width, height, width], dtype=np.float32)
-    if result.face_blendshapes:
-        blend = np.array([c.score for c in result.face_blendshapes[0]], dtype=np.float32)
-    else:
-        blend = np.zeros(len(BLENDSHAPE_NAMES), np.float32)
-    if result.facial_transformation_matrixes:
-        matrix = np.asarray(result.facial_transformation_matrixes[0], dtype=np.float32).reshape(4, 4)
-    else:
-        matrix = np.eye(4, dtype=np.float32)
-    return FaceObservation(points_px=points, blendshapes=blend, head_matrix=matrix, image_size=(width, height))
+def _to_observations(result, width: int, height: int) -> list[FaceObservation]:
+    faces = []
+    for i, landmarks in enumerate(result.face_landmarks or []):
+        points = np.array([(p.x, p.y, p.z) for p in landmarks], dtype=np.float32)
+        # MediaPipe's x, y are normalised to the image, z to roughly the image width.
+        points *= np.array([width, height, width], dtype=np.float32)
+        if result.face_blendshapes and i < len(result.face_blendshapes):
+            blend = np.array([c.score for c in result.face_blendshapes[i]], dtype=np.float32)
+        else:
+            blend = np.zeros(len(BLENDSHAPE_NAMES), np.float32)
+        if result.facial_transformation_matrixes and i < len(result.facial_transformation_matrixes):
+            matrix = np.asarray(result.facial_transformation_matrixes[i], dtype=np.float32).reshape(4, 4)
+        else:
+            matrix = np.eye(4, dtype=np.float32)
+        faces.append(FaceObservation(points_px=points, blendshapes=blend, head_matrix=matrix,
+                                     image_size=(width, height)))
+    return faces
+
+
+def tesselation_triangles() -> np.ndarray:
+    """(852, 3) int32 vertex indices of MediaPipe's face-mesh triangles (FACE_LANDMARKS_TESSELATION lists each
+    triangle as its three edges in turn)."""
+    from mediapipe.tasks.python.vision.face_landmarker import FaceLandmarksConnections
+
+    edges = np.array([(c.start, c.end) for c in FaceLandmarksConnections.FACE_LANDMARKS_TESSELATION], np.int32)
+    return np.ascontiguousarray(edges.reshape(-1, 3, 2)[:, :, 0])
 
 
 class FaceLandmarker:
-    """MediaPipe Face Landmarker for one face; `video` mode tracks across frames, `image` mode analyses stills."""
+    """MediaPipe Face Landmarker; `video` mode tracks across frames, `image` mode analyses stills.
+
+    `num_faces` is MediaPipe's own maximum number of faces (1: the most prominent face only); detect() returns the
+    first face, detect_all() every face found.
+    """
 
     def __init__(
         self,
@@ -144,9 +159,13 @@ class FaceLandmarker:
         mode: str = "video",
         min_detection_confidence: float = 0.5,
         min_tracking_confidence: float = 0.5,
+        num_faces: int = 1,
     ) -> None:
         if mode not in ("video", "image"):
             raise ValueError(f"mode {mode!r} is not one of 'video', 'image'")
+        if not 1 <= num_faces <= 16:
+            raise ValueError(f"num_faces {num_faces} is out of range: expected 1 to 16")
+        self.num_faces = num_faces
         self._model_path = verify_model_file(model_path)
         self._mode = mode
         self._last_timestamp_ms = -1
@@ -156,7 +175,7 @@ class FaceLandmarker:
         options = vision.FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_path=str(self._model_path)),
             running_mode=running_mode,
-            num_faces=1,
+            num_faces=num_faces,
             min_face_detection_confidence=min_detection_confidence,
             min_face_presence_confidence=min_detection_confidence,
             min_tracking_confidence=min_tracking_confidence,
@@ -180,6 +199,11 @@ class FaceLandmarker:
 
     def detect(self, image_bgr: np.ndarray, timestamp_ms: int | None = None) -> FaceObservation | None:
         """Landmarks of the most prominent face in a (H, W, 3) uint8 BGR image, or None when there is none."""
+        faces = self.detect_all(image_bgr, timestamp_ms)
+        return faces[0] if faces else None
+
+    def detect_all(self, image_bgr: np.ndarray, timestamp_ms: int | None = None) -> list[FaceObservation]:
+        """Landmarks of up to num_faces faces in a (H, W, 3) uint8 BGR image, MediaPipe's order (may be empty)."""
         import cv2
         import mediapipe as mp
 
@@ -197,7 +221,7 @@ class FaceLandmarker:
             result = self._landmarker.detect_for_video(image, ts)
         else:
             result = self._landmarker.detect(image)
-        return _to_observation(result, width, height)
+        return _to_observations(result, width, height)
 
     def close(self) -> None:
         """Release the MediaPipe graph; safe to call twice."""

@@ -22,6 +22,7 @@ from avatarcam.capture import (
     no_frames_message,
 )
 from avatarcam.errors import DeviceError, FaceMimicError
+from avatarcam.generators import output_shape
 from avatarcam.generators.base import Reenactor
 from avatarcam.landmarks import FaceLandmarker
 from avatarcam.sinks.video_file import open_writer
@@ -125,8 +126,21 @@ def _driver_plan(driver_path: str) -> tuple[list[float], DriverTiming]:
     return times, driver_timing(times, nominal_fps)
 
 
+def _observe(landmarker: FaceLandmarker | None, frame: Frame) -> Observed:
+    """The frame with every face the landmarker finds in it (none without a landmarker or when it fails: one bad
+    frame is rendered as "face lost", never dropped)."""
+    try:
+        found = [] if landmarker is None else landmarker.detect_all(frame.image_bgr,
+                                                                    int(round(frame.capture_time_s * 1000)))
+    except Exception as exc:
+        log.warning("landmarks failed on frame %d: %s", frame.index, exc)
+        found = []
+    return Observed(frame=frame, face=found[0] if found else None, more_faces=tuple(found[1:]))
+
+
 def render_video(driver_path: str, avatar: Avatar, prepared, reenactor: Reenactor, out_path: Path, *,
-                 model_path: Path, neutral_frame: int = 0, sbs: bool = False, progress: bool = True) -> RenderReport:
+                 model_path: Path, neutral_frame: int = 0, sbs: bool = False, progress: bool = True,
+                 num_faces: int = 1) -> RenderReport:
     """Render the driver in order at a constant rate that follows the frames' own timestamps.
 
     A constant-rate driver gives exactly its frames, one output frame each (nothing dropped or duplicated), at its
@@ -141,8 +155,7 @@ def render_video(driver_path: str, avatar: Avatar, prepared, reenactor: Reenacto
     neutral_obs = neutral_face_at(driver_path, neutral_frame, model_path, require_face=needs_landmarks)
     neutral = reenactor.neutral_from([neutral_obs])
     reenactor.reset()
-    size = reenactor.canvas_size
-    canvas = np.zeros((size, size, 3), np.uint8)
+    canvas = np.zeros(output_shape(reenactor, None), np.uint8)
     writer = None
     # One text line on stderr: "rendering [#############                 ] 40/75 29.80 frames/s".
     bar = tqdm(total=len(timing.source_index), desc="rendering", disable=not progress, ascii=" #", unit=" frames",
@@ -150,22 +163,21 @@ def render_video(driver_path: str, avatar: Avatar, prepared, reenactor: Reenacto
     start = time.perf_counter()
     faces = 0
     written = 0
-    landmarks = FaceLandmarker(model_path=model_path, mode="video") if needs_landmarks else contextlib.nullcontext()
+    landmarks = (FaceLandmarker(model_path=model_path, mode="video", num_faces=num_faces) if needs_landmarks
+                 else contextlib.nullcontext())
     with landmarks as landmarker:
         try:
             for t, (frame_bgr, stamp_s) in enumerate(iter_timed_frames(driver_path)):
                 if t >= len(repeats):
                     break  # a frame the timing pass did not see (should not happen): never write past the plan
                 time_s = (stamp_s - times[0]) if stamp_s is not None else t / fps
-                try:
-                    face = None if landmarker is None else landmarker.detect(frame_bgr, int(round(time_s * 1000)))
-                except Exception as exc:  # one bad frame is rendered as "face lost", never dropped
-                    log.warning("landmarks failed on frame %d: %s", t, exc)
-                    face = None
-                faces += face is not None
-                observed = Observed(frame=Frame(frame_bgr, t, time_s), face=face)
+                observed = _observe(landmarker, Frame(frame_bgr, t, time_s))
+                faces += observed.face is not None
                 if repeats[t] == 0:
                     continue  # shown by no output frame (a burst in a variable-rate driver): landmarks only
+                shape = output_shape(reenactor, frame_bgr.shape)
+                if canvas.shape != shape:
+                    canvas = np.zeros(shape, np.uint8)
                 reenactor.render(prepared, observed, neutral, time_s, canvas)
                 image = side_by_side(frame_bgr, canvas) if sbs else canvas
                 if writer is None:

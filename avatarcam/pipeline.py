@@ -24,6 +24,7 @@ import numpy as np
 from avatarcam.avatars import Avatar, load_avatar, scan_folder
 from avatarcam.commands import Command, SelectAvatar, as_render_request
 from avatarcam.errors import AvatarError
+from avatarcam.generators import output_shape
 from avatarcam.generators.base import Reenactor
 from avatarcam.handoff import LatestSlot
 from avatarcam.landmarks import FaceLandmarker
@@ -66,16 +67,17 @@ class LandmarkWorker(Worker):
                 continue
             start = time.perf_counter()
             try:
-                face = self.landmarker.detect(frame.image_bgr, int((frame.capture_time_s - self._start_s) * 1000))
+                faces = self.landmarker.detect_all(frame.image_bgr,
+                                                   int((frame.capture_time_s - self._start_s) * 1000))
                 failures = 0
             except Exception as exc:  # one bad frame must not stop the camera feed
                 failures += 1
                 self._warn("face landmarks failed on frame %d: %s", frame.index, exc)
                 if failures >= MAX_CONSECUTIVE_FAILURES:
                     raise
-                face = None
+                faces = []
             self.processed += 1
-            self.observed.put(Observed(frame=frame, face=face,
+            self.observed.put(Observed(frame=frame, face=faces[0] if faces else None, more_faces=tuple(faces[1:]),
                                        landmarks_ms=(time.perf_counter() - start) * 1000))
 
 
@@ -84,7 +86,8 @@ class Rendered:
     """One output canvas and where it came from."""
 
     canvas_bgr: np.ndarray
-    """(S, S, 3) uint8 BGR; one of the render loop's two buffers: copy it before keeping it."""
+    """(S, S, 3) uint8 BGR (a draws_on_frame family: the driver frame's (H, W, 3)); one of the render loop's two
+    buffers: copy it before keeping it."""
     frame: Frame | None
     face: FaceObservation | None
     stage_ms: dict[str, float]
@@ -205,8 +208,8 @@ class RenderWorker(Worker):
         self.calibrator = calibrator
         self.rendered: LatestSlot[Rendered] = LatestSlot()
         self.commands: queue.SimpleQueue[tuple[Command | SelectAvatar, float]] = queue.SimpleQueue()
-        size = reenactor.canvas_size
-        self._buffers = [np.zeros((size, size, 3), np.uint8) for _ in range(2)]
+        shape = output_shape(reenactor, None)
+        self._buffers = [np.zeros(shape, np.uint8) for _ in range(2)]
         self._next_buffer = 0
         self._avatar_index = start_avatar
         self._neutral: Any = None
@@ -368,6 +371,9 @@ class RenderWorker(Worker):
     def _render_one(self, observed: Observed, avatar: Avatar, prepared: Any) -> None:
         self._shown_name = avatar.name
         stage_ms = {"decode": observed.frame.decode_ms, "landmarks": observed.landmarks_ms}
+        shape = output_shape(self.reenactor, observed.frame.image_bgr.shape)
+        if self._buffers[0].shape != shape:  # a family that draws on the frame: the camera's size (it may change)
+            self._buffers = [np.zeros(shape, np.uint8) for _ in range(2)]
         out = self._buffers[self._next_buffer]
         if not self._draw(observed, prepared, out, stage_ms):
             return
@@ -386,7 +392,11 @@ class RenderWorker(Worker):
 
 
 def passthrough_canvas(frame_bgr: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """The real camera picture, centre-cropped to a square and resized into `out`."""
+    """The real camera picture, centre-cropped to a square and resized into `out` (copied as it is when `out` has
+    the frame's shape)."""
+    if out.shape == frame_bgr.shape:
+        np.copyto(out, frame_bgr)
+        return out
     h, w = frame_bgr.shape[:2]
     side = min(h, w)
     y0, x0 = (h - side) // 2, (w - side) // 2

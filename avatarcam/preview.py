@@ -70,7 +70,7 @@ def help_lines(bindings: Mapping[Any, str] | None = None) -> list[str]:
         "recalibrate": "recalibrate (sit at rest)", "passthrough": "real camera on/off", "freeze": "freeze",
         "overlay": "landmark overlay", "stats": "fps/latency on status line", "reload_avatars": "reload avatars",
         "intensity_up": "expression stronger", "intensity_down": "expression weaker", "snapshot": "snapshot",
-        "help": "this help", "quit": "quit (also Esc)",
+        "badge": "'virtual avatar' badge on/off", "help": "this help", "quit": "quit (also Esc)",
     }
     slots = [key for command, key in bindings.items() if getattr(command, "avatar_slot", None) is not None]
     lines = [f"{slots[0]}..{slots[-1]}  avatar 1..{len(slots)}"] if slots else []

@@ -117,4 +117,9 @@ def run_self_test(config: Config) -> int:
             print(f"     {'':15} {line}")
     passed = sum(r.ok for r in results)
     print(f"{passed} of {len(results)} checks passed")
+    from avatarcam.licences import licence_lines
+
+    print("models and their licences (README, 'Responsible use'):")
+    for line in licence_lines():
+        print(f"  - {line}")
     return 0 if passed == len(results) else 1

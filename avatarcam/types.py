@@ -60,3 +60,11 @@ class Observed:
     frame: Frame
     face: FaceObservation | None
     landmarks_ms: float = 0.0
+    more_faces: tuple[FaceObservation, ...] = ()
+    """Further faces in the frame, when the landmarker looks for more than one (generator families that use
+    several faces, GeneratorFamily.multi_face); reenactors use `face` only."""
+
+    @property
+    def faces(self) -> tuple[FaceObservation, ...]:
+        """Every face found: `face` first, then more_faces; () when none."""
+        return () if self.face is None else (self.face, *self.more_faces)

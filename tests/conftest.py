@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,12 @@ ASTRONAUT = FIXTURES / "source" / "astronaut.png"
 
 # MediaPipe and torch each start thread pools; keep them from oversubscribing the two CI cores.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# The first-start notice's state lives in a temporary config folder, marked as seen, so no test (nor a run.py it
+# starts) writes to the user's own ~/.config; tests of the notice pass their own folder.
+_CONFIG_DIR = Path(tempfile.mkdtemp(prefix="facemimic-test-config-"))
+(_CONFIG_DIR / "notice.json").write_text(json.dumps({"notice_version": 1}), encoding="utf-8")
+os.environ["FACEMIMIC_CONFIG_DIR"] = str(_CONFIG_DIR)
 
 
 @pytest.fixture(scope="session")

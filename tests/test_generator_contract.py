@@ -15,7 +15,7 @@ from avatarcam.capture import iter_frames
 from avatarcam.cli import build_parser
 from avatarcam.config import GeneratorConfig, load_config
 from avatarcam.errors import ConfigError
-from avatarcam.generators import EXPORTABLE_MODELS, GENERATORS, build_reenactor, family
+from avatarcam.generators import EXPORTABLE_MODELS, GENERATORS, build_reenactor, family, output_shape
 from avatarcam.motion import MotionSettings
 from avatarcam.types import Frame, Observed
 from tests.conftest import D12, FIXTURES
@@ -65,9 +65,13 @@ def test_render_draws_into_the_given_canvas_before_and_after_calibration(reenact
                                                                          driver_observations):
     size = reenactor.canvas_size
     prepared = reenactor.prepare(portrait_avatar)
-    out = np.zeros((size, size, 3), np.uint8)
+    frame_shape = driver_observations[0].frame.image_bgr.shape
+    shape = output_shape(reenactor, frame_shape)
+    # The square canvas, or (a family that draws on the driver frame) the frame's own size.
+    assert shape == (frame_shape if family(reenactor.name).draws_on_frame else (size, size, 3))
+    out = np.zeros(shape, np.uint8)
     result = reenactor.render(prepared, driver_observations[0], None, 0.0, out)
-    assert result is out and out.dtype == np.uint8 and out.shape == (size, size, 3)
+    assert result is out and out.dtype == np.uint8 and out.shape == shape
     assert out.std() > 10, "an uncalibrated render shows the avatar at rest, not a blank canvas"
 
     neutral = reenactor.neutral_from(driver_observations[:3])
@@ -118,7 +122,7 @@ def test_names_come_from_the_registry_everywhere():
 
 
 def test_an_unknown_generator_lists_the_registered_ones():
-    with pytest.raises(ConfigError, match="'swap' is not one of mesh, fomm, liveportrait"):
-        family("swap")
+    with pytest.raises(ConfigError, match="'morph' is not one of mesh, fomm, liveportrait, swap"):
+        family("morph")
     with pytest.raises(ConfigError, match="generator.model"):
-        load_config(None, {"generator.model": "swap"})
+        load_config(None, {"generator.model": "morph"})

@@ -70,3 +70,12 @@ def max_abs(a, b) -> float:
 def mean_abs(a, b) -> float:
     """mean |a - b| in float64."""
     return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).mean())
+
+
+# ---------------------------------------------------------------- face swap (generators/swap)
+
+SWAP_COLOUR_STEP_BOUND = 2.0
+"""Largest frame-to-frame change of the swap's colour transform at a skin tone, in 8-bit Lab levels (2.55 L levels
+are 1 CIE Delta E, about one just-noticeable difference), over d12 frames 0-59 with the default 0.3 s moving
+average. A perceptual bound, not a float-noise one: flicker starts to show at about 1 Delta E per frame. Measured
+on the fixture: see tests/test_swap.py's assertion message (smoothed and unsmoothed maxima)."""

@@ -127,6 +127,9 @@ class CameraRecorder:
     open_error: str | None = None
     default_device: str = "Recording Camera"
     lock: threading.Lock = field(default_factory=threading.Lock)
+    keep_images: bool = False
+    """Also keep a copy of every frame's pixels in `images` (tests that read what the camera showed)."""
+    images: list[np.ndarray] = field(default_factory=list)
 
     def snapshot(self) -> list[RecordedFrame]:
         with self.lock:
@@ -170,6 +173,8 @@ def recording_backend(name: str, recorder: CameraRecorder) -> Iterator[str]:
                     raise RuntimeError("test: write failed")
                 recorder.frames.append(RecordedFrame(time.monotonic(), int(frame.max()), zlib.crc32(frame),
                                                      int(frame.size)))
+                if recorder.keep_images:
+                    recorder.images.append(np.array(frame, copy=True))
 
         def device(self) -> str:
             return self._device

@@ -1,6 +1,7 @@
 """Render the README's demo picture: fixture drivers next to two shipped avatars, as an animated GIF.
 
     python tools/make_demo.py [--out avatarcam/samples/demo.gif] [--segment CLIP:FIRST:LAST ...]
+    python tools/make_demo.py --model swap        # face-swap mode -> avatarcam/samples/demo-swap.gif
 
 The default segments show a blink and closed eyes (d14), head turns (d12) and a wide-open mouth (d12); each clip
 is rendered whole with its frame 0 as the neutral pose, as `tools/render.py` does.
@@ -21,7 +22,7 @@ import numpy as np
 from avatarcam.avatars import load_avatar
 from avatarcam.capture import iter_frames
 from avatarcam.config import load_config
-from avatarcam.generators import build_reenactor
+from avatarcam.generators import GENERATORS, build_reenactor, landmark_faces
 from avatarcam.landmarks import FaceLandmarker, landmark_model_path
 from avatarcam.offline import render_video
 
@@ -39,7 +40,9 @@ def main() -> int:
                              f"default {' '.join(DEFAULT_SEGMENTS)}")
     parser.add_argument("--avatars", type=Path, nargs="+",
                         default=[ROOT / "avatars" / "astronaut.png", ROOT / "avatars" / "astronaut_painting.png"])
-    parser.add_argument("--out", type=Path, default=ROOT / "avatarcam" / "samples" / "demo.gif")
+    parser.add_argument("--out", type=Path, help="default avatarcam/samples/demo.gif (demo-<model>.gif for another "
+                        "--model)")
+    parser.add_argument("--model", choices=tuple(GENERATORS), default="mesh", help="generator to show")
     parser.add_argument("--tile", type=int, default=160, help="side of each tile in pixels")
     parser.add_argument("--step", type=int, default=3, help="keep every Nth frame")
     args = parser.parse_args()
@@ -52,7 +55,10 @@ def main() -> int:
             segments.append((clip, int(first), int(last)))
         except ValueError:
             parser.error(f"--segment {text!r} is not CLIP:FIRST:LAST, e.g. d12:30:95")
-    config = load_config(None)
+    config = load_config(None, {"generator.model": args.model})
+    if args.out is None:
+        name = "demo.gif" if args.model == "mesh" else f"demo-{args.model}.gif"
+        args.out = ROOT / "avatarcam" / "samples" / name
     model_path = landmark_model_path(config)
     tile = lambda f: cv2.resize(f, (args.tile, args.tile), interpolation=cv2.INTER_AREA)  # noqa: E731
     rendered: dict[str, list[list[np.ndarray]]] = {}
@@ -66,7 +72,7 @@ def main() -> int:
                     avatar = load_avatar(avatar_path, landmarker, reenactor.canvas_size)
                 out = Path(tmp) / f"{driver.stem}-{avatar_path.stem}.avi"
                 render_video(str(driver), avatar, reenactor.prepare(avatar), reenactor, out, model_path=model_path,
-                             progress=False)
+                             progress=False, num_faces=landmark_faces(config.generator))
                 columns.append([tile(f) for f in iter_frames(str(out))])
             rendered[clip] = columns
     rows = [np.hstack([column[t] for column in rendered[clip]])

@@ -13,7 +13,7 @@ from pathlib import Path
 from avatarcam.avatars import load_avatar
 from avatarcam.config import load_config, parse_override
 from avatarcam.errors import FaceMimicError
-from avatarcam.generators import GENERATORS, build_reenactor
+from avatarcam.generators import GENERATORS, build_reenactor, landmark_faces
 from avatarcam.landmarks import FaceLandmarker, landmark_model_path
 from avatarcam.offline import render_video
 from avatarcam.paths import DEFAULT_CONFIG
@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             avatar = load_avatar(avatar_path(args.avatar, config), landmarker, reenactor.canvas_size)
         prepared = reenactor.prepare(avatar)
         report = render_video(args.driver, avatar, prepared, reenactor, Path(args.out), model_path=model_path,
-                              neutral_frame=args.neutral_frame, sbs=args.side_by_side, progress=not args.quiet)
+                              neutral_frame=args.neutral_frame, sbs=args.side_by_side, progress=not args.quiet,
+                              num_faces=landmark_faces(config.generator))
     except FaceMimicError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -7,12 +7,12 @@ and one line here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from avatarcam.errors import ConfigError
-from avatarcam.generators import fomm, liveportrait, mesh
+from avatarcam.generators import fomm, liveportrait, mesh, swap
 from avatarcam.generators.base import GeneratorFamily, GeneratorSections, Reenactor
 from avatarcam.paths import ENGINES_DIR
 
@@ -20,6 +20,7 @@ GENERATORS: dict[str, GeneratorFamily] = {
     "mesh": mesh.FAMILY,
     "fomm": fomm.FAMILY,
     "liveportrait": liveportrait.FAMILY,
+    "swap": swap.FAMILY,
 }
 """Generator name -> family, in the order the documentation lists them."""
 
@@ -33,6 +34,19 @@ def family(name: str) -> GeneratorFamily:
         raise ConfigError(f"generator.model {name!r} is not one of {', '.join(GENERATORS)}: choose one of them "
                           "(a new family is a folder in avatarcam/generators/ and one line in GENERATORS)")
     return GENERATORS[name]
+
+
+def output_shape(reenactor: Reenactor[Any, Any], frame_shape: Sequence[int] | None) -> tuple[int, int, int]:
+    """The (H, W, 3) shape of `reenactor`'s output for a driver frame of `frame_shape` ((H, W, ...)): the square
+    canvas, or the frame's own size for a draws_on_frame family (the square canvas while no frame is known)."""
+    if family(reenactor.name).draws_on_frame and frame_shape is not None:
+        return int(frame_shape[0]), int(frame_shape[1]), 3
+    return reenactor.canvas_size, reenactor.canvas_size, 3
+
+
+def landmark_faces(generator: Any) -> int:
+    """How many faces the landmarker looks for: generator.swap_max_faces for a multi_face family, else 1."""
+    return int(generator.swap_max_faces) if family(generator.model).multi_face else 1
 
 
 def build_reenactor(generator: Any, motion: Any) -> Reenactor[Any, Any]:
@@ -63,4 +77,4 @@ def model_spec(name: str, *, registry: Mapping[str, Any] | None = None, **option
 
 
 __all__ = ["EXPORTABLE_MODELS", "GENERATORS", "GeneratorFamily", "GeneratorSections", "Reenactor", "build_reenactor",
-           "export_registered", "family", "load_recipe", "model_spec"]
+           "export_registered", "family", "landmark_faces", "load_recipe", "model_spec", "output_shape"]

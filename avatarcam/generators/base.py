@@ -44,7 +44,8 @@ class Reenactor(Protocol[PreparedT, NeutralT]):
     name: str
     """The registry name ("mesh", "fomm")."""
     canvas_size: int
-    """Side of the square output canvas in pixels."""
+    """Side of the square output canvas in pixels (families that draw on the driver frame: of the avatar canvas
+    prepare() is given; their output has the driver frame's size, see GeneratorFamily.draws_on_frame)."""
 
     @property
     def runtime(self) -> str:
@@ -72,6 +73,8 @@ class Reenactor(Protocol[PreparedT, NeutralT]):
     def render(self, prepared: PreparedT, observed: Observed | None, neutral: NeutralT | None, time_s: float,
                out: np.ndarray, timings: dict[str, float] | None = None) -> np.ndarray:
         """Draw the avatar for this driver frame into `out` ((S, S, 3) uint8 BGR, S = canvas_size) and return it.
+
+        A family with draws_on_frame gets `out` of the driver frame's shape (H, W, 3) instead (see output_shape).
 
         `time_s` is the driver frame's time in seconds (smoothing, lost-face easing); `neutral` None means not
         calibrated yet (the avatar shows at rest). Stage durations in ms are added to `timings` when given.
@@ -109,6 +112,12 @@ class GeneratorFamily:
     exports: Mapping[str, str] = field(default_factory=dict)
     """Model name -> "avatarcam.generators.<family>.<module>:<function>" returning a backends.models.ExportRecipe;
     strings, so that nothing (no torch, no weights) is imported until that model is exported or run on torch."""
+    draws_on_frame: bool = False
+    """True when the output is the driver frame itself with the avatar drawn on it (face swap): render()'s `out`
+    then has the driver frame's (H, W, 3) shape, not (canvas_size, canvas_size, 3). output_shape() says which."""
+    multi_face: bool = False
+    """True when render() uses every face in Observed.faces (the landmarker then looks for generator.max_faces
+    faces); False: the first face only."""
 
 
 def require_torch(what: str) -> None:

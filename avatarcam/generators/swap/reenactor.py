@@ -1,0 +1,270 @@
+"""The face-swap generator: the camera frame itself, with the avatar's face drawn on every face in it.
+
+Per face: geometry.build_map (the avatar's mesh triangles onto the user's, at low resolution over the face box),
+colour statistics at that low resolution (colour.ColourMatch, smoothed over time), then at full resolution only
+inside the face box: one resize of the map and the mask, one cv2.remap, the Lab transform and a feathered blend
+(cv2.blendLinear) into the frame. Where the mesh is unreliable the face fades back to the user's: triangles seen
+edge-on or from behind are left out of the mask (geometry), and the whole face fades out as the head turns towards
+a profile (FADE_START_DEG to FADE_END_DEG of head turn) and fades in when a face appears.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from avatarcam.avatars import Avatar
+from avatarcam.generators.base import GeneratorSections
+from avatarcam.generators.swap.colour import ColourMatch, apply_lab_transform, lab_stats
+from avatarcam.generators.swap.geometry import (
+    SwapFace,
+    build_map,
+    face_box,
+    head_turn_deg,
+    identity_shape,
+    prepare_face,
+    user_to_avatar,
+)
+from avatarcam.matching import shape_distance
+from avatarcam.motion import MotionSettings
+from avatarcam.types import FaceObservation, Observed
+
+FADE_START_DEG = 38.0
+"""Head turn (geometry.head_turn_deg) where the swapped face starts to fade back to the user's."""
+FADE_END_DEG = 58.0
+"""Head turn where only the user's face is left (MediaPipe's mesh of the hidden cheek is a guess by then)."""
+FEATHER = 0.05
+"""Width of the feathered face edge as a share of the face box (blur sigma; the mask is eroded as much first, so
+the seam lies inside the face and the blend never reaches past the mesh)."""
+APPEAR_S = 0.12
+"""Time constant of the fade-in of a face that appears."""
+SHAPE_TIME_S = 1.5
+"""Time constant of the user's mean face shape (a slow average: expressions pass through, identity stays)."""
+
+
+def _smoothstep(edge0: float, edge1: float, x: float) -> float:
+    t = min(max((x - edge0) / (edge1 - edge0), 0.0), 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+@dataclass(frozen=True)
+class SwapSettings:
+    """Options of the face swap (config: generator.swap_*)."""
+
+    max_faces: int = 4
+    avatar_eyes_mouth: bool = False
+    """True: the avatar's eyes and mouth interior are drawn too; False: the user's show through."""
+    colour_time_s: float = 0.3
+    """Time constant of the colour statistics' moving average (0: per-frame statistics)."""
+    shape: float = 0.7
+    """How far the user's face shape (outline, nose, brows, cheeks) is moved to the avatar's, 0..1: a face is
+    recognised by its shape as much as by its skin. The eye and inner-lip contours stay the user's while their
+    openings show the user's own eyes and mouth."""
+
+
+@dataclass(frozen=True)
+class PreparedSwap:
+    """One avatar, ready to be swapped in."""
+
+    image_bgr: np.ndarray
+    """(S, S, 3) uint8 BGR avatar canvas."""
+    points: np.ndarray
+    """(478, 3) float32 avatar landmarks in canvas pixels."""
+    face: SwapFace
+
+
+@dataclass
+class _Slot:
+    """What is remembered about one face across frames (matched by position)."""
+
+    centre: np.ndarray
+    colour: ColourMatch
+    presence: float = 0.0
+    last_time_s: float | None = None
+    mean_shape: np.ndarray | None = None
+    """(478, 2) float32 the user's face shape over recent frames, in the avatar's canvas frame."""
+
+
+@dataclass
+class _Controls:
+    """Motion settings holder: the swap follows the user's face exactly, so intensity changes nothing here."""
+
+    settings: MotionSettings = field(default_factory=MotionSettings)
+
+    def update_settings(self, settings: MotionSettings) -> None:
+        self.settings = settings
+
+
+class SwapReenactor:
+    """Face swap (a Reenactor[PreparedSwap, np.ndarray] whose family draws on the driver frame)."""
+
+    name = "swap"
+    needs_landmarks = True
+    runtime = "numpy/cv2 (CPU)"
+
+    def __init__(self, *, canvas_size: int = 512, settings: SwapSettings | None = None,
+                 motion: MotionSettings | None = None):
+        self.canvas_size = canvas_size
+        self.settings = settings or SwapSettings()
+        self.motion = _Controls(motion or MotionSettings())
+        self._slots: list[_Slot] = []
+        self._started = False
+        self.last_weights: list[float] = []
+        """The blend weight of each face drawn in the last render (pose fade x fade-in), for tests and logs."""
+        self.last_colour: list[np.ndarray | None] = []
+        """The (3, 4) Lab transform applied to each face in the last render."""
+
+    def prepare(self, avatar: Avatar) -> PreparedSwap:
+        """The avatar's triangles (its landmarks were found once, by avatars.load_avatar)."""
+        return PreparedSwap(image_bgr=np.ascontiguousarray(avatar.canvas_bgr), points=avatar.points,
+                            face=prepare_face(avatar.points, avatar_eyes_mouth=self.settings.avatar_eyes_mouth))
+
+    def neutral_from(self, window: list[Observed]) -> np.ndarray:
+        """(478, 3) float32 mean landmarks of the window's first faces (zero rows when none): kept so the pipeline
+        counts the swap as calibrated; the swap itself follows the user's face as it is and needs no neutral."""
+        faces = [o.face.points_px for o in window if o.face is not None]
+        return np.mean(faces, 0).astype(np.float32) if faces else np.zeros((0, 3), np.float32)
+
+    def render(self, prepared: PreparedSwap, observed: Observed | None, neutral: np.ndarray | None, time_s: float,
+               out: np.ndarray, timings: dict[str, float] | None = None) -> np.ndarray:
+        """The driver frame with the avatar's face on each of its faces, into `out` ((H, W, 3) uint8 BGR, the
+        frame's shape); without an observation, the avatar at rest filling `out`."""
+        start = time.perf_counter()
+        if observed is None:
+            _cover(prepared.image_bgr, out)
+            return out
+        frame = observed.frame.image_bgr
+        if out.shape != frame.shape:
+            raise ValueError(f"swap output has shape {out.shape}, expected the driver frame's {frame.shape}: "
+                             "allocate it with generators.output_shape(reenactor, frame.shape)")
+        np.copyto(out, frame)
+        faces = observed.faces[: self.settings.max_faces]
+        slots = self._match_slots(faces)
+        self.last_weights, self.last_colour = [], []
+        stage = {"map": 0.0, "colour": 0.0, "blend": 0.0}
+        for face, slot in zip(faces, slots):
+            self._draw_face(prepared, face, slot, frame, out, time_s, stage)
+        if timings is not None:
+            timings["motion"] = 0.0
+            timings.update({f"swap_{k}": v for k, v in stage.items()})
+            timings["generate"] = (time.perf_counter() - start) * 1000
+        return out
+
+    def _match_slots(self, faces: Sequence[FaceObservation]) -> list[_Slot]:
+        """Each face's slot: the nearest remembered face within half a face width, else a new one."""
+        free = list(self._slots)
+        chosen = []
+        for face in faces:
+            centre = face.points_px[:, :2].mean(0)
+            width = float(np.ptp(face.points_px[:, 0]))
+            best = min(free, key=lambda s: float(np.linalg.norm(s.centre - centre)), default=None)
+            if best is not None and np.linalg.norm(best.centre - centre) < 0.5 * width:
+                free.remove(best)
+                best.centre = centre
+            else:
+                # The first face after a start or reset shows at once; one that appears later fades in.
+                best = _Slot(centre=centre, colour=ColourMatch(time_s=self.settings.colour_time_s),
+                             presence=0.0 if self._started else 1.0)
+            chosen.append(best)
+        self._slots = chosen
+        self._started = self._started or bool(faces)
+        return chosen
+
+    def _draw_face(self, prepared: PreparedSwap, face: FaceObservation, slot: _Slot, frame: np.ndarray,
+                   out: np.ndarray, time_s: float, stage: dict[str, float]) -> None:
+        t0 = time.perf_counter()
+        height, width = frame.shape[:2]
+        points = face.points_px
+        dt = 0.0 if slot.last_time_s is None else min(max(time_s - slot.last_time_s, 0.0), 1.0)
+        slot.last_time_s = time_s
+        slot.presence += (1.0 - slot.presence) * (1.0 - math.exp(-dt / APPEAR_S))
+        frontal = _smoothstep(FADE_END_DEG, FADE_START_DEG, head_turn_deg(points))
+        weight = slot.presence * frontal
+        self.last_weights.append(weight)
+        if self.settings.shape > 0 and weight > 1e-3:
+            points = self._reshaped(prepared.face, points, slot, dt, frontal)
+        box = face_box(points, (width, height))  # around the reshaped face, which may reach past the user's
+        if box is None or weight <= 1e-3:
+            self.last_colour.append(None)
+            return
+        fmap = build_map(prepared.face, points, box, with_holes=not self.settings.avatar_eyes_mouth)
+        t1 = time.perf_counter()
+        low_w, low_h = box.low_size
+        inside = fmap.covered & (1 - fmap.holes)
+        radius = max(1, round(FEATHER * max(low_w, low_h)))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        core = cv2.erode(inside, kernel)
+        user_box = frame[box.y0:box.y1, box.x0:box.x1]
+        avatar_low = cv2.remap(prepared.image_bgr, fmap.map_x, fmap.map_y, cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE)
+        user_low = cv2.resize(user_box, (low_w, low_h), interpolation=cv2.INTER_AREA)
+        slot.colour.update(lab_stats(avatar_low, core), lab_stats(user_low, core), time_s)
+        matrix = slot.colour.matrix()
+        self.last_colour.append(matrix)
+        t2 = time.perf_counter()
+        outer = cv2.GaussianBlur(cv2.erode(fmap.covered, kernel).astype(np.float32), (0, 0), radius)
+        holes = cv2.GaussianBlur(fmap.holes.astype(np.float32), (0, 0), 0.6)
+        mask_low = outer * (1.0 - holes) * np.float32(weight)
+        size = box.size
+        map_x = cv2.resize(fmap.map_x, size, interpolation=cv2.INTER_LINEAR)
+        map_y = cv2.resize(fmap.map_y, size, interpolation=cv2.INTER_LINEAR)
+        mask = cv2.resize(mask_low, size, interpolation=cv2.INTER_LINEAR)
+        warped = cv2.remap(prepared.image_bgr, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if matrix is not None:
+            warped = apply_lab_transform(warped, matrix)
+        roi = out[box.y0:box.y1, box.x0:box.x1]
+        np.copyto(roi, cv2.blendLinear(warped, user_box, mask, 1.0 - mask))
+        t3 = time.perf_counter()
+        stage["map"] += (t1 - t0) * 1000
+        stage["colour"] += (t2 - t1) * 1000
+        stage["blend"] += (t3 - t2) * 1000
+
+    def _reshaped(self, face: SwapFace, points: np.ndarray, slot: _Slot, dt: float, frontal: float) -> np.ndarray:
+        """The user's landmarks with the avatar's face shape (SwapSettings.shape), less of it as the head turns
+        (a frontal shape difference applied to a turned face would misplace the features)."""
+        to_avatar = user_to_avatar(face, points)
+        shape = points[:, :2] @ to_avatar[:2] + to_avatar[2]
+        if slot.mean_shape is None:
+            slot.mean_shape = shape.astype(np.float32)
+        else:
+            slot.mean_shape += (1.0 - math.exp(-dt / SHAPE_TIME_S)) * (shape - slot.mean_shape)
+        return identity_shape(face, points, slot.mean_shape, self.settings.shape * frontal)
+
+    def reset(self) -> None:
+        """Forget the faces' colour statistics and fades (an avatar switch re-measures the avatar's colours)."""
+        self._slots = []
+        self._started = False
+
+    def best_match(self, prepared: Sequence[PreparedSwap], observed: Observed) -> int | None:
+        """The avatar whose landmarks are closest in shape and pose to the user's face (matching.shape_distance)."""
+        if observed.face is None or not prepared:
+            return None
+        distances = [shape_distance(observed.face.points_px, p.points) for p in prepared]
+        return int(np.argmin(distances))
+
+    def close(self) -> None:
+        """Nothing to release (numpy/cv2 only); idempotent."""
+
+
+def _cover(image_bgr: np.ndarray, out: np.ndarray) -> None:
+    """`image_bgr` scaled to cover `out` and centre-cropped (no observation yet: the avatar at rest)."""
+    h, w = out.shape[:2]
+    ih, iw = image_bgr.shape[:2]
+    scale = max(w / iw, h / ih)
+    cw, ch = min(iw, round(w / scale)), min(ih, round(h / scale))
+    x0, y0 = (iw - cw) // 2, (ih - ch) // 2
+    cv2.resize(image_bgr[y0:y0 + ch, x0:x0 + cw], (w, h), dst=out, interpolation=cv2.INTER_AREA)
+
+
+def build_swap_reenactor(sections: GeneratorSections) -> SwapReenactor:
+    """The swap reenactor for generator.{canvas_size, swap_max_faces, swap_eyes_mouth, swap_colour_time_s}."""
+    g = sections.generator
+    settings = SwapSettings(max_faces=g.swap_max_faces, avatar_eyes_mouth=g.swap_eyes_mouth == "avatar",
+                            colour_time_s=g.swap_colour_time_s)
+    return SwapReenactor(canvas_size=g.canvas_size, settings=settings,
+                         motion=MotionSettings.from_section(sections.motion))

@@ -1,0 +1,156 @@
+"""Responsible use: the first-start notice, the "virtual avatar" badge on the camera output, and the licences."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from avatarcam.commands import Command
+from avatarcam.config import load_config
+from avatarcam.disclosure import NOTICE_TEXT, DisclosureBadge, config_dir, show_first_start_notice
+from avatarcam.licences import MODEL_LICENCES, licence_lines
+from avatarcam.selftest import run_self_test
+from tests.conftest import D12, ROOT
+
+try:
+    from xvfb_util import CameraRecorder, recording_backend
+except ImportError:  # tests/ imported as a package
+    from tests.xvfb_util import CameraRecorder, recording_backend
+
+GREY = 128
+
+
+def test_the_notice_is_shown_once_and_remembered(tmp_path):
+    first, second = io.StringIO(), io.StringIO()
+    assert show_first_start_notice(folder=tmp_path / "cfg", stream=first)
+    assert "faces you have the right to use" in first.getvalue()
+    assert not show_first_start_notice(folder=tmp_path / "cfg", stream=second)
+    assert second.getvalue() == ""
+
+
+def test_an_unwritable_config_folder_shows_the_notice_and_never_fails(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    stream = io.StringIO()
+    assert show_first_start_notice(folder=blocker / "cfg", stream=stream)
+    assert NOTICE_TEXT in stream.getvalue()
+    assert "FACEMIMIC_CONFIG_DIR" in caplog.text
+    assert show_first_start_notice(folder=blocker / "cfg", stream=io.StringIO())  # shown again: not remembered
+
+
+def test_config_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FACEMIMIC_CONFIG_DIR", str(tmp_path / "x"))
+    assert config_dir() == tmp_path / "x"
+    monkeypatch.delenv("FACEMIMIC_CONFIG_DIR")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    if sys.platform != "win32":
+        assert config_dir() == tmp_path / "xdg" / "facemimic"
+
+
+def test_run_py_shows_the_notice_on_the_first_start_only(tmp_path):
+    env = {**os.environ, "FACEMIMIC_CONFIG_DIR": str(tmp_path / "config"), "DISPLAY": "", "WAYLAND_DISPLAY": ""}
+    args = [sys.executable, str(ROOT / "run.py"), "--source", str(D12), "--duration", "1", "--no-preview",
+            "--no-vcam", "--out", str(tmp_path / "o.mp4")]
+    runs = [subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-2000:]
+    assert NOTICE_TEXT.splitlines()[0] in runs[0].stderr
+    assert NOTICE_TEXT.splitlines()[0] not in runs[1].stderr + runs[1].stdout
+    assert (tmp_path / "config" / "notice.json").is_file()
+
+
+def test_badge_stamps_a_label_and_leaves_the_input_alone():
+    frame = np.full((360, 640, 3), GREY, np.uint8)
+    badge = DisclosureBadge(enabled=True)
+    out = badge.stamp(frame)
+    x0, y0, x1, y1 = badge.region(640, 360)
+    assert (frame == GREY).all(), "the render buffer is never written"
+    inside = out[y0:y1, x0:x1].astype(int)
+    assert (inside.max(2) < 100).mean() > 0.5 and (inside.min(2) > 180).mean() > 0.02  # dark box, light text
+    outside = out.copy()
+    outside[y0:y1, x0:x1] = GREY
+    assert (outside == GREY).all()
+    assert not badge.toggle() and badge.stamp(frame) is frame
+
+
+def test_badge_defaults_follow_the_mode():
+    from avatarcam.app import App
+
+    assert App(load_config(None, {"generator.model": "swap"})).badge.enabled
+    assert not App(load_config(None, {"generator.model": "mesh"})).badge.enabled
+    assert App(load_config(None, {"generator.model": "mesh", "output.badge": "on"})).badge.enabled
+    assert not App(load_config(None, {"generator.model": "swap", "output.badge": "off"})).badge.enabled
+
+
+def _grey_clip_with_a_face(path) -> None:
+    """A 640x360 grey picture with the d12 face in its top-right corner: the badge corner stays plain grey."""
+    from avatarcam.capture import iter_frames
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"FFV1"), 25.0, (640, 360))
+    for i, frame in enumerate(iter_frames(str(D12))):
+        if i >= 100:
+            break
+        picture = np.full((360, 640, 3), GREY, np.uint8)
+        picture[:300, 340:640] = cv2.resize(frame, (300, 300), interpolation=cv2.INTER_AREA)
+        writer.write(picture)
+    writer.release()
+
+
+def test_swap_mode_live_sends_the_badge_to_the_virtual_camera_and_the_hotkey_removes_it(tmp_path):
+    pytest.importorskip("pyvirtualcam")
+    from avatarcam.app import App
+
+    clip = tmp_path / "grey.mkv"
+    _grey_clip_with_a_face(clip)
+    config = load_config(None, {
+        "generator.model": "swap", "capture.source": str(clip), "capture.loop": False, "output.preview": "off",
+        "output.vcam": "on", "vcam.backend": "v4l2loopback", "vcam.device": "/dev/video-test", "vcam.width": 640,
+        "vcam.height": 360, "hotkeys.enabled": False,
+    })
+    recorder = CameraRecorder(keep_images=True)
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def on_rendered(rendered) -> None:
+        if rendered.frame is not None and len(seen) < 200:
+            seen.append((rendered.frame.image_bgr.copy(), rendered.canvas_bgr.copy()))
+        if len(seen) == 8 and app.badge.enabled:
+            toggled_at.append(len(recorder.images))
+            app.handle(Command.BADGE)
+
+    toggled_at: list[int] = []
+    app = App(config, duration_s=20, source_explicit=True, on_rendered=on_rendered)
+    with recording_backend("v4l2loopback", recorder):
+        app.run()
+    assert toggled_at, f"only {len(seen)} frames rendered"
+    frame, canvas = seen[5]
+    assert canvas.shape == frame.shape == (360, 640, 3), "swap mode's output is the camera picture"
+    diff = np.abs(canvas.astype(int) - frame.astype(int)).max(2)
+    assert (diff[:300, 340:] > 25).sum() > 1500, "the avatar's face is on the user's"
+    assert (diff[:, :300] == 0).all(), "the rest of the picture is the camera's own"
+    x0, y0, x1, y1 = DisclosureBadge(enabled=True).region(640, 360)
+    images = [image.reshape(360, 640, 3) for image in recorder.images]  # the backend gets the bytes of a BGR frame
+    corner = [np.abs(image[y0:y1, x0:x1].astype(int) - GREY).max() for image in images]
+    first_sent = images[: toggled_at[0]]
+    assert len(first_sent) > 5 and all(c > 60 for c in corner[1: toggled_at[0]]), "the badge is on by default"
+    # After the toggle the corner is the grey picture again, from the first frame composed after it on (the
+    # publisher repeats the last composed frame until the next render arrives) to the end.
+    after = corner[toggled_at[0]:]
+    clear = [c <= 3 for c in after]
+    assert True in clear, after
+    assert all(clear[clear.index(True):]) and len(clear) - clear.index(True) > 5, after
+
+
+def test_check_lists_every_model_licence(capsys):
+    config = load_config(None, {"capture.source": str(D12), "output.vcam": "off"})
+    run_self_test(config)
+    text = capsys.readouterr().out
+    for line in licence_lines():
+        assert line in text
+    names = " ".join(m.name for m in MODEL_LICENCES)
+    assert "MediaPipe" in names and "First Order Motion Model" in names and "LivePortrait" in names
+    assert "Apache-2.0" in text and "CC BY-NC 4.0" in text and "InsightFace" in text
