@@ -117,25 +117,26 @@ def verify_model_file(path: Path | str) -> Path:
     return path
 
 
-def _to_observation(result, width: int, height: int) -> FaceObservation | None:
-    if not result.face_landmarks:
+def _to_observation(result, width: int, height: int, face: int = 0) -> FaceObservation | None:
+    if len(result.face_landmarks) <= face:
         return None
-    points = np.array([(p.x, p.y, p.z) for p in result.face_landmarks[0]], dtype=np.float32)
+    points = np.array([(p.x, p.y, p.z) for p in result.face_landmarks[face]], dtype=np.float32)
     # MediaPipe's x, y are normalised to the image, z to roughly the image width.
     points *= np.array([width, height, width], dtype=np.float32)
-    if result.face_blendshapes:
-        blend = np.array([c.score for c in result.face_blendshapes[0]], dtype=np.float32)
+    if len(result.face_blendshapes) > face:
+        blend = np.array([c.score for c in result.face_blendshapes[face]], dtype=np.float32)
     else:
         blend = np.zeros(len(BLENDSHAPE_NAMES), np.float32)
-    if result.facial_transformation_matrixes:
-        matrix = np.asarray(result.facial_transformation_matrixes[0], dtype=np.float32).reshape(4, 4)
+    if len(result.facial_transformation_matrixes) > face:
+        matrix = np.asarray(result.facial_transformation_matrixes[face], dtype=np.float32).reshape(4, 4)
     else:
         matrix = np.eye(4, dtype=np.float32)
     return FaceObservation(points_px=points, blendshapes=blend, head_matrix=matrix, image_size=(width, height))
 
 
 class FaceLandmarker:
-    """MediaPipe Face Landmarker for one face; `video` mode tracks across frames, `image` mode analyses stills."""
+    """MediaPipe Face Landmarker for up to `num_faces` faces (the first drives the avatar); `video` mode tracks
+    across frames, `image` mode analyses stills."""
 
     def __init__(
         self,
@@ -144,9 +145,12 @@ class FaceLandmarker:
         mode: str = "video",
         min_detection_confidence: float = 0.5,
         min_tracking_confidence: float = 0.5,
+        num_faces: int = 1,
     ) -> None:
         if mode not in ("video", "image"):
             raise ValueError(f"mode {mode!r} is not one of 'video', 'image'")
+        if not 1 <= num_faces <= 8:
+            raise ValueError(f"num_faces {num_faces} is not in 1..8: choose how many faces to track")
         self._model_path = verify_model_file(model_path)
         self._mode = mode
         self._last_timestamp_ms = -1
@@ -156,7 +160,7 @@ class FaceLandmarker:
         options = vision.FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_path=str(self._model_path)),
             running_mode=running_mode,
-            num_faces=1,
+            num_faces=num_faces,
             min_face_detection_confidence=min_detection_confidence,
             min_face_presence_confidence=min_detection_confidence,
             min_tracking_confidence=min_tracking_confidence,
@@ -180,6 +184,11 @@ class FaceLandmarker:
 
     def detect(self, image_bgr: np.ndarray, timestamp_ms: int | None = None) -> FaceObservation | None:
         """Landmarks of the most prominent face in a (H, W, 3) uint8 BGR image, or None when there is none."""
+        faces = self.detect_all(image_bgr, timestamp_ms)
+        return faces[0] if faces else None
+
+    def detect_all(self, image_bgr: np.ndarray, timestamp_ms: int | None = None) -> list[FaceObservation]:
+        """Landmarks of every face found (at most num_faces), in MediaPipe's order; [] when there is none."""
         import cv2
         import mediapipe as mp
 
@@ -197,7 +206,8 @@ class FaceLandmarker:
             result = self._landmarker.detect_for_video(image, ts)
         else:
             result = self._landmarker.detect(image)
-        return _to_observation(result, width, height)
+        faces = (_to_observation(result, width, height, i) for i in range(len(result.face_landmarks)))
+        return [face for face in faces if face is not None]
 
     def close(self) -> None:
         """Release the MediaPipe graph; safe to call twice."""
