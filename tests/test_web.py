@@ -127,7 +127,6 @@ def test_avatar_moves_with_the_driver_in_the_browser(web):
         rest = [c["diff"] for c in _avatar_changes(tab, 5, 200) if c["calibration"] != "calibrated"]
         tab.wait_for("facemimic.meta && facemimic.meta.calibration === 'calibrated'", timeout_s=30)
         moving = [c["diff"] for c in _avatar_changes(tab, 8, 250) if c["calibration"] == "calibrated"]
-        print("avatar change at rest", rest, "moving", moving)
         assert len(rest) >= 2 and len(moving) >= 5, (rest, moving)
         assert max(rest) < WEB_AVATAR_REST_DIFF, rest
         assert max(moving) > WEB_AVATAR_MOTION_RATIO * max(max(rest), 0.1), (rest, moving)
@@ -226,3 +225,9 @@ def test_two_clients_at_once_then_full_then_cleanup(web, tmp_path):
         time.sleep(0.2)
         threads = [t.name for t in threading.enumerate() if t.name.startswith("web-session")]
     assert threads == []
+    import gc
+
+    from avatarcam.web.session import ClientSession
+
+    gc.collect()
+    assert [o for o in gc.get_objects() if isinstance(o, ClientSession)] == []  # nothing keeps a session alive

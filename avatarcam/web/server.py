@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import fractions
+import gc
 import hmac
 import json
 import logging
@@ -367,8 +368,12 @@ class WebServer:
         for task in client.tasks:
             task.cancel()
         await client.pc.close()
+        client.pc.remove_all_listeners()  # its handlers hold the client: no cycle is left for the collector
+        client.channel = None
         await asyncio.get_running_loop().run_in_executor(None, client.session.close, CLOSE_TIMEOUT_S)
+        client.session.on_rendered = lambda: None
         self.sessions_closed += 1
+        gc.collect()  # what is left of aiortc's objects goes now, not at the collector's next full pass
         log.info("web session %s closed (%d left)", session_id[:6], len(self.clients))
         return True
 
@@ -500,10 +505,29 @@ async def _start(config: Config) -> tuple[Any, WebServer, Listening]:
                                      secure=context is not None)
 
 
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas (M_ARENA_MAX); True when applied.
+
+    Every visitor brings threads (its session, the video decoder, executor work) that come and go; glibc gives
+    threads their own arenas, which keep their memory after the thread ends, so the server's RSS climbed with
+    each connect/disconnect until the arena count saturated. tools/bench_web.py's memory check measures both.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-8, arenas))  # -8: M_ARENA_MAX in glibc's malloc.h
+    except (OSError, AttributeError):  # not glibc (musl): nothing to cap
+        return False
+
+
 def serve(config: Config, *, stop: threading.Event | None = None,
           on_ready: Callable[[Listening], None] | None = None) -> int:
     """Serve the page until Ctrl+C, SIGTERM or `stop`; prints the URL(s). Returns the exit code."""
     stop = stop or threading.Event()
+    limit_malloc_arenas()
 
     async def main() -> None:
         runner, server, listening = await _start(config)
