@@ -229,8 +229,9 @@ class Tab:
             if value:
                 return value
             time.sleep(0.2)
-        state = self.eval("typeof facemimic === 'undefined' ? document.body.innerText : JSON.stringify({phase: facemimic.phase, message: facemimic.message, "
-                          "stats: facemimic.stats, meta: facemimic.meta && {...facemimic.meta, points: undefined}})")
+        state = self.eval("typeof facemimic === 'undefined' ? document.body.innerText : JSON.stringify({"
+                          "phase: facemimic.phase, message: facemimic.message, stats: facemimic.stats, "
+                          "meta: facemimic.meta && {...facemimic.meta, points: undefined}})")
         raise CDPError(f"{expression} still false after {timeout_s} s; page state: {state}")
 
     def screenshot(self, path: Path) -> Path:

@@ -45,7 +45,9 @@ class AvatarLibrary:
         self.folder = Path(folder)
         self._model_path = model_path
         self._lock = threading.Lock()
-        self._landmarker: FaceLandmarker | None = None
+        # Made now, not on a session's first use: MediaPipe keeps the Python frames of the call that built its
+        # graph alive, and a session's constructor among them would never be freed.
+        self._landmarker: FaceLandmarker | None = FaceLandmarker(model_path=model_path, mode="image")
         self._loaded: dict[tuple[str, int], tuple[float, Avatar]] = {}
         self._thumbs: dict[str, tuple[float, bytes]] = {}
 
