@@ -150,6 +150,42 @@ def test_avatar_moves_with_the_driver_in_the_browser(web):
         tab.close()
 
 
+def test_recalibrate_snapshot_and_recording(web, tmp_path):
+    server, ns, browser, url = web
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser.send("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    tab = browser.open(url)
+    try:
+        _connected(tab)
+        tab.wait_for("facemimic.meta.calibration === 'calibrated'", timeout_s=30)
+        tab.eval("document.getElementById('recalibrate').click()")  # a new neutral pose from the next frames
+        tab.wait_for("facemimic.meta.calibration !== 'calibrated'", timeout_s=10)
+        assert "Recalibrating" in tab.eval("facemimic.message")
+        tab.wait_for("facemimic.meta.calibration === 'calibrated'", timeout_s=30)
+        assert "Calibrated" in tab.eval("facemimic.message")
+        tab.eval("document.getElementById('snapshot').click()")
+        tab.eval("document.getElementById('record').click()")
+        assert tab.eval("document.getElementById('record').textContent") == "Stop recording"
+        time.sleep(2.5)
+        tab.eval("document.getElementById('record').click()")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not (list(downloads.glob("*.png")) and list(downloads.glob("*.webm"))):
+            time.sleep(0.2)
+    finally:
+        tab.close()
+    import cv2
+
+    snapshot = cv2.imread(str(next(downloads.glob("facemimic-*.png"))))
+    assert snapshot.shape == (256, 256, 3) and snapshot.std() > 10  # the avatar canvas, not a blank frame
+    recording = next(downloads.glob("facemimic-*.webm"))
+    import av
+
+    with av.open(str(recording)) as container:
+        frames = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+    assert len(frames) >= 5 and frames[-1].shape == (256, 256, 3)
+
+
 def test_settings_and_uploads_are_checked(web):
     server, ns, browser, url = web
     tab = browser.open(url)

@@ -315,6 +315,9 @@ class WebServer:
                                             settings=settings))
         except (FaceMimicError, ValueError) as exc:
             return _json_error(400, str(exc))
+        except Exception as exc:  # a broken generator or model must not take the server down
+            log.exception("web session could not start")
+            return _json_error(500, f"the session could not start: {type(exc).__name__}: {exc}")
         finally:
             self._starting -= 1
         try:

@@ -133,6 +133,7 @@ async function connect() {
     return;
   }
   state.session = answer.session;
+  state.calibrated = state.recalibrating = false;
   showSettings(answer.settings);
   markAvatar(answer.avatar);
   $("generator").value = answer.generator;
@@ -159,7 +160,13 @@ function onMeta(meta) {
   state.meta = meta;
   $("avatar-name").textContent = meta.avatar;
   $("calibration").textContent = meta.calibration === "calibrated" ? "" : `(${meta.calibration})`;
-  $("server-ms").textContent = meta.latency_ms.toFixed(0);
+  if (meta.calibration !== "calibrated") {
+    state.recalibrating = false;  // frames rendered before the request no longer arrive
+    state.calibrated = false;
+  } else if (!state.calibrated && !state.recalibrating && state.phase === "connected") {
+    state.calibrated = true;
+    say("Calibrated: your avatar follows you. Recalibrate after moving your camera or yourself.");
+  }
   if (meta.points) drawOverlay(meta.points, meta.image_size);
 }
 
@@ -175,7 +182,7 @@ function drawOverlay(faces, size) {
   const g = canvas.getContext("2d");
   g.clearRect(0, 0, w, h);
   g.fillStyle = "rgba(80, 255, 80, 0.85)";
-  const dot = Math.max(1, w / 400);
+  const dot = Math.max(2, w / 250);
   for (const points of faces) {
     for (let i = 0; i < points.length; i += 2) g.fillRect(points[i] - dot / 2, points[i + 1] - dot / 2, dot, dot);
   }
@@ -200,6 +207,7 @@ async function readStats() {
   // Camera to avatar on screen, less capture and display: one-way network both ways (one round trip), the
   // server's work, and the browser's jitter buffer.
   s.latencyMs = server === null || s.rttMs === null ? null : server + s.rttMs + (s.jitterMs || 0);
+  $("server-ms").textContent = server === null ? "-" : server.toFixed(0);
   $("fps").textContent = s.fps === null ? "-" : s.fps.toFixed(0);
   $("rtt").textContent = s.rttMs === null ? "-" : s.rttMs.toFixed(0);
   $("jitter").textContent = s.jitterMs === null ? "-" : s.jitterMs.toFixed(0);
@@ -292,8 +300,11 @@ async function start() {
   for (const input of document.querySelectorAll("[data-setting]")) {
     input.addEventListener("change", () => changeSetting(input));
   }
-  $("recalibrate").addEventListener("click", () => post(`api/session/${state.session}`, { recalibrate: true })
-    .catch((e) => say(e.message, true)));
+  $("recalibrate").addEventListener("click", () => {
+    state.recalibrating = true;
+    say("Recalibrating: keep a relaxed face and look at the camera.");
+    post(`api/session/${state.session}`, { recalibrate: true }).catch((e) => say(e.message, true));
+  });
   $("snapshot").addEventListener("click", snapshot);
   $("record").addEventListener("click", toggleRecording);
   $("upload").addEventListener("change", (event) => upload(event.target.files[0]));
