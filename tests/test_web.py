@@ -44,7 +44,8 @@ def web(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("web")
     y4m = write_y4m(DRIVER, folder / "driver.y4m", frames=183)
-    with Namespace(str(threading.get_native_id() % 10000), 77) as ns:
+    pid = os.getpid()  # names and addresses of this run's own (parallel runs do not collide)
+    with Namespace(str(pid % 10000), 1 + pid % 250) as ns:
         config = load_config(overrides={
             "web.host": ns.host_ip, "web.port": _free_port(), "web.max_clients": 2,
             "web.tls_dir": str(folder / "tls"), "generator.canvas_size": 256,

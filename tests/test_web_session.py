@@ -68,6 +68,60 @@ def test_a_session_renders_the_newest_frame_and_drops_the_rest():
     assert not session.is_running
 
 
+def test_a_stuck_session_does_not_hold_up_another():
+    import dataclasses
+    import threading
+
+    import av
+
+    from avatarcam.generators import build_reenactor
+    from avatarcam.web.session import ClientSession
+
+    config = load_config(overrides={"generator.canvas_size": 256})
+    library, parts = _parts(config)
+    release = threading.Event()
+    entered = threading.Event()
+
+    class Stuck:
+        """The real mesh reenactor whose render() waits until released (a client whose generator hangs)."""
+
+        def __init__(self) -> None:
+            self.inner = build_reenactor(config.generator, config.motion)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def render(self, *args, **kwargs):
+            entered.set()
+            release.wait(30)
+            return self.inner.render(*args, **kwargs)
+
+    stuck = ClientSession("stuck", dataclasses.replace(parts, make_reenactor=lambda name: Stuck()),
+                          generator="mesh", avatar="astronaut")
+    healthy = ClientSession("healthy", parts, generator="mesh", avatar="astronaut")
+    try:
+        with av.open(str(DRIVER)) as container:
+            frames = [f for _, f in zip(range(12), container.decode(video=0))]
+        stuck.start()
+        healthy.start()
+        stuck.offer(frames[0])
+        assert entered.wait(20)
+        for frame in frames:
+            stuck.offer(frame)  # kept in its own latest-wins slot: one waiting frame, the rest dropped
+            healthy.offer(frame)
+            seq = healthy.outgoing.peek()[0]
+            deadline = time.monotonic() + 20
+            while healthy.outgoing.peek()[0] == seq and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert healthy.outgoing.peek()[0] == len(frames)  # every frame rendered while the other was stuck
+        assert stuck.outgoing.peek()[0] == 0 and stuck.incoming.dropped == len(frames) - 1
+    finally:
+        release.set()
+        stuck.close()
+        healthy.close()
+        library.close()
+
+
 def test_settings_are_checked_by_name_and_range():
     from avatarcam.web.session import ClientSettings
 
@@ -147,3 +201,26 @@ def test_serve_flags_map_onto_the_web_config():
     assert config.web.ice_servers == ["stun:stun.example.org"]
     with pytest.raises(ConfigError, match="web.ice_servers"):
         load_config(overrides={"web.ice_servers": "stun:stun.example.org"})
+
+
+def test_localhost_serves_the_page_without_token_or_https():
+    import json
+    import socket
+    import urllib.request
+
+    from avatarcam.web.server import Background
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with Background(load_config(overrides={"web.port": port})) as background:
+        assert background.listening.urls == [f"http://127.0.0.1:{port}/"] and background.listening.token is None
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            page = response.read().decode()
+            assert "<title>FaceMimic</title>" in page
+            assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=10) as response:
+            info = json.loads(response.read())
+        assert info["clients"] == 0 and info["generators"] == ["mesh"] and info["avatar"] == "astronaut"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/avatars/astronaut.jpg", timeout=10) as response:
+            assert response.headers["Content-Type"] == "image/jpeg" and response.read()[:3] == b"\xff\xd8\xff"

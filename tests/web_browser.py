@@ -25,6 +25,10 @@ Y4M_HEADER = b"YUV4MPEG2 W640 H480 F30:1 Ip A1:1 C420jpeg\n"
 
 def browser_skip_reason() -> str | None:
     """Why the browser tests cannot run here (not root, no chromium, no `ip`), or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("aiortc") is None:
+        return "the browser mode's packages are not installed: python tools/install.py --web"
     if os.geteuid() != 0:
         return "the browser tests create a network namespace (ICE ignores loopback), which needs root"
     if chromium_path() is None:
