@@ -198,6 +198,8 @@ def test_settings_and_uploads_are_checked(web):
         headers = {"X-FaceMimic-Token": token, "Content-Type": "application/json"}
         status, body = _request(control, data=b'{"settings": {"smoothing": 3}}', headers=headers)
         assert status == 400 and "smoothing" in body["error"] and "0.0 to 1.0" in body["error"]
+        status, body = _request(control, data=b'{"settings": [1]}', headers=headers)
+        assert status == 400 and "expected a JSON object" in body["error"]
         status, body = _request(control, data=b'{"settings": {"volume": 1}}', headers=headers)
         assert status == 400 and "unknown setting 'volume'" in body["error"]
         status, body = _request(control, data=b'{"settings": {"num_faces": 2, "intensity.mouth": 1.5}}',

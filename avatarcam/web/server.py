@@ -298,8 +298,10 @@ class WebServer:
         try:
             body = await request.json()
             sdp, kind = str(body["sdp"]), str(body["type"])
+            if not isinstance(body.get("settings") or {}, dict):
+                raise TypeError
         except (ValueError, KeyError, TypeError):
-            return _json_error(400, "expected JSON {sdp, type} with the browser's WebRTC offer")
+            return _json_error(400, "expected JSON {sdp, type, settings?: {...}} with the browser's WebRTC offer")
         if kind != "offer":
             return _json_error(400, f"expected an SDP offer, got type {kind!r}")
         if self.active_clients >= self.config.web.max_clients:
@@ -392,7 +394,9 @@ class WebServer:
         try:
             body = await request.json()
         except ValueError:
-            return _json_error(400, "expected a JSON object")
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("settings", {}), dict):
+            return _json_error(400, "expected a JSON object {avatar?, generator?, settings?: {...}, recalibrate?}")
         session = client.session
         try:
             if "generator" in body:
