@@ -18,6 +18,7 @@ examples:
   python run.py --source clip.mp4 --avatar avatars/astronaut.png
   python run.py --model fomm --checkpoint ~/avatarify/vox-adv-cpk.pth.tar
   python run.py --set motion.smoothing=0.6 --set vcam.fit=fill
+  python run.py --serve                           the page http://127.0.0.1:8080/ for browsers (WebRTC)
   python run.py --check                           self-test of camera, landmark model and virtual camera
   python run.py --list-config                     every config.yaml key with its default and allowed values
 
@@ -85,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--vcam-device", help="virtual camera device, e.g. /dev/video10 (vcam.device)")
     out.add_argument("--no-preview", action="store_true", help="no preview window (output.preview=off)")
     out.add_argument("--out", help="also record the output to this video file (output.video)")
+    wb = p.add_argument_group("browser mode")
+    wb.add_argument("--serve", action="store_true", help="serve the FaceMimic page: each browser's webcam drives "
+                    "its own avatar over WebRTC (prints the URL)")
+    wb.add_argument("--host", help="address to serve on (web.host, default 127.0.0.1); 0.0.0.0 for the local "
+                    "network needs the printed token and serves HTTPS")
+    wb.add_argument("--port", type=int, help="port of the page (web.port, default 8080)")
+    wb.add_argument("--token", help="access token for the page (web.token; default: random off localhost)")
+    wb.add_argument("--cert", help="HTTPS certificate, PEM (web.cert; default off localhost: self-signed)")
+    wb.add_argument("--key", help="private key of --cert, PEM (web.key)")
     run = p.add_argument_group("run")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="set any config key, e.g. --set motion.head_rotation=0.8 (repeatable)")
@@ -107,6 +117,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         "fomm_size": "generator.fomm_size", "fomm_config": "generator.fomm_config",
         "fomm_precision": "generator.fomm_precision",
         "vcam_backend": "vcam.backend", "vcam_device": "vcam.device", "out": "output.video",
+        "host": "web.host", "port": "web.port", "token": "web.token", "cert": "web.cert", "key": "web.key",
     }
     for attr, key in simple.items():
         value = getattr(args, attr)
@@ -164,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             from avatarcam.selftest import run_self_test
 
             return run_self_test(config)
+        if args.serve:
+            from avatarcam.web.server import serve
+
+            return serve(config)
         from avatarcam.app import App
         from avatarcam.config import CaptureConfig
         from avatarcam.disclosure import show_first_start_notice

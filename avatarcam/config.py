@@ -168,6 +168,28 @@ class HotkeysConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The browser mode (`python run.py --serve`): a WebRTC page where each visitor's webcam drives an avatar."""
+
+    host: str = _key("127.0.0.1", "address to listen on; anything but localhost (e.g. 0.0.0.0 for the local "
+                     "network) requires a token and serves HTTPS")
+    port: int = _key(8080, "TCP port of the page", low=1, high=65535)
+    max_clients: int = _key(4, "browsers served at once; one more is shown a 'full' message", low=1, high=64)
+    token: str | None = _key(None, "access token for the page; null: none on localhost, a random one made at "
+                             "start (and printed with the URL) on any other address")
+    cert: str | None = _key(None, "HTTPS certificate (PEM); null on a network address: a self-signed one made on "
+                            "first use in tls_dir")
+    key: str | None = _key(None, "private key (PEM) of `cert`")
+    tls_dir: str = _key("engines/web_tls", "folder of the self-signed certificate made on first use")
+    ice_servers: list = _key(None, "STUN/TURN URLs given to the browsers and the server, e.g. "
+                             "['stun:stun.example.org']; empty: none (no outside host is ever contacted)",
+                             factory=list)
+    generators: list = _key(None, "generators offered on the page (registry names); empty: generator.model and "
+                            "the built-in mesh", factory=list)
+    max_upload_mb: float = _key(8.0, "largest avatar picture a visitor may upload, in MB", low=0.1, high=60)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole FaceMimic configuration."""
 
@@ -180,6 +202,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     vcam: VcamConfig = field(default_factory=VcamConfig)
     hotkeys: HotkeysConfig = field(default_factory=HotkeysConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
 
 def _describe(f: dataclasses.Field) -> str:
@@ -188,6 +211,8 @@ def _describe(f: dataclasses.Field) -> str:
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
     if meta.get("low") is not None:
         return f"a number from {meta['low']} to {meta['high']}"
+    if f.type in (list, "list"):
+        return "a list of strings"
     return f"a {getattr(f.type, '__name__', f.type)}"
 
 
@@ -227,6 +252,10 @@ def _coerce(path: str, f: dataclasses.Field, value: Any, hints: dict) -> Any:
         elif target is dict or origin is dict:
             if not isinstance(value, dict):
                 raise ValueError
+        elif target is list or origin is list:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            value = list(value)
         else:
             raise ValueError
     except (TypeError, ValueError):

