@@ -11,13 +11,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatarcam.quality import IndependentReader, best_lag, concordance, gain
+from avatarcam.quality import IndependentReader, best_lag, concordance, gain, landmark_predictor_path
 from tests.conftest import D12, D14
 from tests.test_quality import _render
 
 pytestmark = pytest.mark.heavy
 pytest.importorskip("dlib", reason="needs dlib: `python -m pip install dlib-bin face-recognition-models`")
-pytest.importorskip("face_recognition_models", reason="needs `python -m pip install face-recognition-models`")
+try:
+    landmark_predictor_path()
+except ImportError as missing:
+    pytest.skip(str(missing), allow_module_level=True)
 
 # Below these driver standard deviations a signal has no motion worth copying (its correlation is landmark noise).
 MIN_DRIVER_STD = {"mouth": 0.02, "eyes": 0.015, "turn": 1.0, "nod": 1.0}  # ratios, ratios, degrees
