@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -73,9 +72,8 @@ def run_pair(pair: str, args: argparse.Namespace) -> dict:
     video, report = args.out_dir / f"{tag}.mp4", args.out_dir / f"{tag}.judge.json"
     render = [sys.executable, str(ROOT / "tools" / "render.py"), "--driver", str(driver), "--avatar", str(avatar),
               "--out", str(video), "--quiet"] + [x for item in args.set for x in ("--set", item)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if not args.judge_only:
-        subprocess.run(render, check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(render, check=True, stdout=subprocess.DEVNULL)
     subprocess.run([args.judge_python, str(args.judge), "--driving", str(driver), "--output", str(video),
                     "--source", str(avatar), "--json", str(report), "--cache-dir", str(args.out_dir / "cache"),
                     "--quiet"], check=True, stdout=subprocess.DEVNULL)
