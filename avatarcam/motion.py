@@ -53,6 +53,11 @@ SPEED_CUTOFF_HZ = 3.0
 MAX_SHIFT_FACES = 0.22
 # Limits of the mouth-size adaptation (avatar's mouth width over the driver's, each in face sizes).
 MOUTH_FIT_RANGE = (0.7, 1.4)
+# Outer and inner lip points paired across each lip: the upper lip's nine, then the lower lip's (no corners).
+_LIP_OUTER = np.array([lm.LIPS_OUTER[i] for i in (*range(1, 10), *range(11, 20))])
+_LIP_INNER = np.array([lm.LIPS_INNER[i] for i in (*range(1, 10), *range(11, 20))])
+# How far a lip may thin or thicken, as a share of the avatar's own lip: a stretched lip thins, it never vanishes.
+LIP_THICKNESS_RANGE = (0.6, 1.4)
 MAX_LOG_SCALE = 0.18
 
 
@@ -407,6 +412,7 @@ class MotionTransfer:
         offsets[:, :2] = expression2 * gains[:, None]
         offsets[:, 2] = expression[:, 2] * a_scale * gains
         posed = avatar.points + offsets
+        _keep_lip_thickness(posed, avatar.points, ref, expression, s.intensity["mouth"])
         ratio = self._smooth("lids", eye_openness(points) / np.maximum(neutral.eye_openness, 1e-3), time_s)
         open_lids = self._apply_lids(ratio, avatar, posed)
         # 4. Head pose in the avatar's image axes, around the avatar's pivot.
@@ -455,6 +461,26 @@ class MotionTransfer:
             posed[upper] = closed_at + r * (up - closed_at) + base
             posed[lower] = closed_at + r * (low - closed_at) + base
         return np.concatenate(open_lids)
+
+
+def _keep_lip_thickness(posed: np.ndarray, avatar_points: np.ndarray, driver_neutral: np.ndarray,
+                        expression: np.ndarray, gain: float) -> None:
+    """Give each lip of `posed` (478, 3) the avatar's own thickness scaled as the driver's lip thinned, in place.
+
+    Expression offsets are added point by point, so a driver whose lip rolls in or thins by more than the avatar's
+    whole lip is thick would fold the avatar's lip to nothing (the warp then cannot reach the inner lip and the
+    mouth opens less than the driver's). The inner lip points (the opening) stay; each outer point is set at the
+    avatar's outer-minus-inner lip vector from its inner point, scaled by the driver's thickness ratio (whole lip,
+    now over neutral; the driver is `driver_neutral` + `expression`, both (478, 3) in the neutral head frame), within
+    LIP_THICKNESS_RANGE. `gain` is the mouth intensity (0 keeps the avatar's lips as they are).
+    """
+    rest = driver_neutral[_LIP_OUTER, :2] - driver_neutral[_LIP_INNER, :2]
+    now = rest + expression[_LIP_OUTER, :2] - expression[_LIP_INNER, :2]
+    per_lip = np.sqrt((now * now).sum(1)).reshape(2, -1).sum(1) / np.maximum(
+        np.sqrt((rest * rest).sum(1)).reshape(2, -1).sum(1), 1e-6)
+    ratio = 1.0 + gain * (np.clip(per_lip, *LIP_THICKNESS_RANGE) - 1.0)
+    posed[_LIP_OUTER] = posed[_LIP_INNER] + np.repeat(ratio, len(_LIP_OUTER) // 2)[:, None] * (
+        avatar_points[_LIP_OUTER] - avatar_points[_LIP_INNER])
 
 
 def _soft_limit(value: float, limit: float) -> float:

@@ -176,21 +176,44 @@ def _head_yaw_pitch(points: np.ndarray, eyes_px: float) -> tuple[float, float]:
     return float(np.degrees(np.arctan2(r[0, 2], r[2, 2]))), float(np.degrees(np.arcsin(np.clip(-r[1, 2], -1, 1))))
 
 
+IBUG_PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
+
+
+def landmark_predictor_path() -> Path:
+    """dlib's 68-point shape predictor file from the installed `face-recognition-models` package.
+
+    The package is found without being imported: its __init__ imports `pkg_resources`, which setuptools 81+ no
+    longer provides, so importing it fails on a current environment although the model files are there.
+    Raises ImportError naming the fix when the package or the file is missing.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / "models" / IBUG_PREDICTOR_FILE
+        if path.is_file():
+            return path
+    where = f" (looked in {', '.join(folders)})" if folders else ""
+    raise ImportError(
+        f"dlib's landmark model {IBUG_PREDICTOR_FILE} was not found{where}: install it with "
+        "`python -m pip install face-recognition-models` (or `python tools/install.py --dev`)"
+    )
+
+
 class IndependentReader:
     """dlib face detector + 68-point predictor; `read(frame_bgr)` gives ibug_signals or None. Needs dlib."""
 
     def __init__(self) -> None:
         try:
             import dlib
-            import face_recognition_models
         except ImportError as exc:
             raise ImportError(
-                f"the independent quality reader needs dlib and its landmark model ({exc}): "
-                "install them with `python -m pip install dlib-bin face-recognition-models` "
-                "(or `python tools/install.py --dev`)"
+                f"the independent quality reader needs dlib ({exc}): install it with "
+                "`python -m pip install dlib-bin face-recognition-models` (or `python tools/install.py --dev`)"
             ) from exc
         self._detector = dlib.get_frontal_face_detector()
-        self._predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+        self._predictor = dlib.shape_predictor(str(landmark_predictor_path()))
         self._rectangle = dlib.rectangle
 
     def read(self, frame_bgr: np.ndarray) -> tuple[float, float, float, float, float] | None:

@@ -113,6 +113,26 @@ def test_mouth_opening_scales_with_face_size_and_intensity(driver_points, portra
     assert gap0 - rest < 0.15 * (gap - rest)
 
 
+def _upper_lip_thickness(points: np.ndarray) -> float:
+    outer, inner = np.array(lm.LIPS_OUTER[1:10]), np.array(lm.LIPS_INNER[1:10])
+    return float(np.mean(points[inner, 1] - points[outer, 1]))
+
+
+def test_a_lip_that_thins_to_nothing_keeps_part_of_the_avatars_lip(driver_points, portrait_avatar):
+    """Offsets added point by point would fold the avatar's upper lip when the driver's rolls in (a smile, a tight
+    mouth); the avatar's lip thins to LIP_THICKNESS_RANGE's floor instead, and the opening (inner lip) is kept."""
+    avatar = AvatarFace.from_points(portrait_avatar.points)
+    neutral = neutral_from_faces([_face(driver_points)])
+    rolled = driver_points.copy()
+    outer, inner = list(lm.LIPS_OUTER[1:10]), list(lm.LIPS_INNER[1:10])
+    rolled[outer] = rolled[inner] + 0.5 * (rolled[inner] - rolled[outer])  # outer edge pulled past the inner one
+    driven = MotionTransfer(MotionSettings(smoothing=0.0)).transfer(_face(rolled), neutral, avatar, 0.0)
+    rest = _upper_lip_thickness(avatar.points)
+    assert rest > 3.0
+    assert _upper_lip_thickness(driven.points) == pytest.approx(0.6 * rest, rel=0.1)
+    np.testing.assert_allclose(driven.points[inner], avatar.points[inner, :2], atol=0.5)
+
+
 def test_driver_blink_closes_the_avatar_eyes(driver_points, portrait_avatar):
     avatar = AvatarFace.from_points(portrait_avatar.points)
     neutral = neutral_from_faces([_face(driver_points)])

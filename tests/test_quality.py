@@ -123,3 +123,21 @@ def test_no_holes_and_no_jumps_the_driver_does_not_have(rendered):
     assert np.corrcoef(speed, out_jumps)[0, 1] >= 0.7
     big = out_jumps >= np.percentile(out_jumps, 97)
     assert speed[big].min() >= np.median(speed), "the output jumps where the driver hardly moves"
+
+
+def test_the_independent_reader_finds_its_model_without_importing_pkg_resources():
+    """dlib's 68-point model is located from the installed face-recognition-models package without importing it
+    (its __init__ needs pkg_resources, gone from setuptools 81+), so the dlib-read quality test can run."""
+    pytest.importorskip("dlib", reason="needs dlib: `python -m pip install dlib-bin face-recognition-models`")
+    import importlib.util
+
+    import cv2
+
+    from avatarcam.quality import IndependentReader, landmark_predictor_path
+    from tests.conftest import ASTRONAUT
+
+    if importlib.util.find_spec("face_recognition_models") is None:
+        pytest.skip("needs `python -m pip install face-recognition-models`")
+    assert landmark_predictor_path().stat().st_size > 50_000_000  # the 68-point model is about 100 MB
+    mouth, right_eye, left_eye, _, _ = IndependentReader().read(cv2.imread(str(ASTRONAUT)))
+    assert 0.2 < right_eye < 0.5 and 0.2 < left_eye < 0.5  # open eyes (dlib's open-eye aspect ratio is ~0.3)
