@@ -70,3 +70,9 @@ def max_abs(a, b) -> float:
 def mean_abs(a, b) -> float:
     """mean |a - b| in float64."""
     return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).mean())
+
+# ---------------------------------------------------------------- Triton (tests/test_triton.py)
+
+TRITON_REMOTE_BOUND = 5e-4
+"""A graph on the Triton test server (ONNX Runtime CPU, 1 thread, inside PyTriton) vs the same ONNX file on the local
+ONNX Runtime runner (default threads): the same kernels with another thread split. PROVISIONAL: measure."""

@@ -208,7 +208,7 @@ class TritonRunner(Runner):
         except ImportError as exc:
             raise EngineError(f"tritonclient is not installed, so --backend triton cannot run: {INSTALL_HINT}") \
                 from exc
-        root = None if self._settings.ca_file is None else Path(self._settings.ca_file).read_bytes()
+        root = None if self._settings.ca_file is None else str(self._settings.ca_file)  # tritonclient reads the file
         return grpcclient.InferenceServerClient(url=self._settings.target, ssl=self._settings.tls,
                                                 root_certificates=root)
 
