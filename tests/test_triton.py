@@ -261,6 +261,7 @@ def test_every_graph_on_the_server_matches_the_local_runtime(server, repository,
             assert remote.request_bytes == sum(a.nbytes for a in feed.values())
             for output in graphs.ios[name].output_names:
                 error = float(np.max(np.abs(got[output] - want[output])))
+                print(f"remote vs local {name}.{output}: {error:.2e}")
                 assert error <= TRITON_REMOTE_BOUND, f"{name}.{output}: {error:.2e}"
 
 
