@@ -49,6 +49,7 @@ from avatarcam.backends.triton_runner import (  # noqa: E402
     model_name,
 )
 from avatarcam.errors import ConfigError, EngineError  # noqa: E402
+from avatarcam.generators.common.triton import SERVER_TIMING  # noqa: E402
 
 # ---------------------------------------------------------------- client settings (no server needed)
 
@@ -70,6 +71,13 @@ def test_token_comes_from_the_environment_and_travels_as_the_restricted_protocol
     assert TritonSettings.from_env("localhost:8001", environ={}).headers == {}
 
 
+def test_status_line_shows_the_server_round_trip():
+    from avatarcam.preview import PreviewStatus
+
+    assert PreviewStatus(avatar="Mona", latency_ms=180.2, server_ms=95.6).text() == \
+        "Mona | latency 180 ms | server 96 ms"
+
+
 @pytest.mark.parametrize("url", ["gpu-box", "http://gpu-box:8000", "gpu-box:0", ":8001"])
 def test_malformed_urls_say_what_is_expected(url):
     with pytest.raises(ConfigError, match="Triton URL"):
@@ -89,7 +97,7 @@ def test_unreachable_server_is_a_clear_error():
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory):
     """Both tiny checkpoints exported into one repository (one server, several checkpoints)."""
-    from avatarcam.generators.common.triton import export_graphs, write_repository
+    from avatarcam.generators.common.triton_export import export_graphs, write_repository
 
     engines = tmp_path_factory.mktemp("engines")
     repo = tmp_path_factory.mktemp("triton-models")
@@ -285,9 +293,13 @@ def test_fomm_reenactor_over_triton_renders_what_the_local_one_renders(server, r
             prepared = reenactor.prepare(portrait_avatar)
             neutral = reenactor.neutral_from([still])
             canvas = np.empty((reenactor.canvas_size,) * 2 + (3,), np.uint8)
-            canvases.append(reenactor.render(prepared, driver, neutral, 0.04, canvas).copy())
+            timings: dict[str, float] = {}
+            canvases.append(reenactor.render(prepared, driver, neutral, 0.04, canvas, timings).copy())
             if backend == "triton":
                 assert set(reenactor.runtimes.values()) == {f"triton@localhost:{server.grpc_port}"}
+                assert timings[SERVER_TIMING] > 0  # what the status line shows as "server N ms"
+            else:
+                assert SERVER_TIMING not in timings
     assert np.abs(canvases[0].astype(int) - canvases[1].astype(int)).max() <= 1  # uint8 rounding ties only
 
 

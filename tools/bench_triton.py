@@ -32,7 +32,7 @@ import numpy as np
 
 from avatarcam.backends.onnxruntime_runner import OnnxRuntimeRunner
 from avatarcam.backends.triton_runner import TritonRunner, TritonSettings, model_name
-from avatarcam.generators.common.triton import FamilyGraphs, export_graphs, write_repository
+from avatarcam.generators.common.triton_export import FamilyGraphs, export_graphs, write_repository
 from avatarcam.paths import PROJECT_ROOT
 
 SERVER = PROJECT_ROOT / "tests" / "pytriton_server.py"
@@ -54,8 +54,7 @@ def free_port() -> int:
 def full_size_graphs(family: str, engines: Path, log: Any) -> FamilyGraphs:
     """Random weights at the published sizes, exported like a real checkpoint."""
     if family == "fomm":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_fomm import make_random_vox256
+        from bench_fomm import make_random_vox256  # tools/ is sys.path[0] when a tool runs
 
         return export_graphs("fomm", make_random_vox256(engines / "vox-random.pth.tar"), engines_dir=engines,
                              log_line=log)

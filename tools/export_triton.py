@@ -20,7 +20,7 @@ from pathlib import Path
 
 from avatarcam.backends.triton_repository import FORMATS, KINDS
 from avatarcam.errors import FaceMimicError
-from avatarcam.generators.common.triton import FAMILIES, export_graphs, write_repository
+from avatarcam.generators.common.triton_export import FAMILIES, export_graphs, write_repository
 from avatarcam.paths import ENGINES_DIR
 
 

@@ -56,7 +56,7 @@ from avatarcam.generators.common.crop import (
     resize_square,
 )
 from avatarcam.generators.common.runtime import LockedRunner, gpu_runs, needs_onnx, runtime_label
-from avatarcam.generators.common.triton import triton_settings
+from avatarcam.generators.common.triton import record_round_trip, triton_settings
 from avatarcam.motion import MotionSettings
 from avatarcam.paths import ENGINES_DIR, PROJECT_ROOT
 from avatarcam.types import Observed
@@ -706,6 +706,7 @@ class FommReenactor:
         generated = time.perf_counter()
         self.last_prediction = np.array(prediction)
         self._compose(prepared, prediction, out)
+        record_round_trip((self.runners.kp_detector, self.runners.frame_generator), timings)
         timings["generate"] = (generated - start) * 1000
         timings["compose"] = (time.perf_counter() - generated) * 1000
 

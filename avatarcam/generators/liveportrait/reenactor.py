@@ -64,7 +64,7 @@ from avatarcam.generators.common.crop import (
     resize_square,
 )
 from avatarcam.generators.common.runtime import LockedRunner, needs_onnx, runtime_label
-from avatarcam.generators.common.triton import triton_settings
+from avatarcam.generators.common.triton import record_round_trip, triton_settings
 from avatarcam.generators.liveportrait import motion as mo
 from avatarcam.motion import MotionSettings
 from avatarcam.paths import ENGINES_DIR
@@ -114,6 +114,8 @@ def eye_lip_ratios(points: np.ndarray) -> np.ndarray:
     """(3,) float32 [left eye, right eye, lip] opening ratios from (478, 2+) MediaPipe landmarks (any pixel scale)."""
     return np.array([_ratio(points, _EYE_LEFT), _ratio(points, _EYE_RIGHT), _ratio(points, _LIP)], np.float32)
 
+
+PER_FRAME_GRAPHS = ("lp_motion", "lp_stitching", "lp_retargeting", "lp_warp_generate")
 
 # --------------------------------------------------------------------------------------------------------------------
 # Settings, prepared avatars, neutral, motion controls.
@@ -525,6 +527,7 @@ class LivePortraitReenactor:
         self.last_prediction = np.array(image)
         self.last_kp_driving = np.array(x_d)
         self._compose(prepared, image, out)
+        record_round_trip([self.runners.runners[n] for n in PER_FRAME_GRAPHS], timings)
         timings["generate"] = (generated - start) * 1000
         timings["compose"] = (time.perf_counter() - generated) * 1000
 
