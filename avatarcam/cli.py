@@ -67,8 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("--model", choices=tuple(GENERATORS), help="generator (generator.model)")
     av.add_argument("--checkpoint", help="FOMM checkpoint (vox-adv-cpk.pth.tar) or LivePortrait weights folder "
                     "(generator.checkpoint)")
-    av.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"),
-                    help="inference runtime (generator.backend)")
+    av.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch", "triton"),
+                    help="inference runtime (generator.backend); triton: a Triton server, see --triton-url")
+    av.add_argument("--triton-url", help="Triton server gRPC address host:port (generator.triton_url); token from "
+                    "$FACEMIMIC_TRITON_TOKEN")
+    av.add_argument("--triton-ca", help="PEM certificate that signed the Triton server's (generator.triton_ca)")
+    av.add_argument("--triton-insecure", action="store_true",
+                    help="allow plain text, no token, to another machine (generator.triton_insecure)")
     av.add_argument("--no-crop", action="store_true", help="FOMM: use frames as given, no face crop")
     av.add_argument("--fomm-size", type=int, help="FOMM: model input size in pixels, default 256 (generator.fomm_size)")
     av.add_argument("--fomm-precision", choices=("auto", "fp32", "bf16"),
@@ -115,7 +120,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         "avatars_folder": "avatars.folder", "model": "generator.model", "checkpoint": "generator.checkpoint",
         "backend": "generator.backend", "canvas_size": "generator.canvas_size", "smoothing": "motion.smoothing",
         "fomm_size": "generator.fomm_size", "fomm_config": "generator.fomm_config",
-        "fomm_precision": "generator.fomm_precision",
+        "fomm_precision": "generator.fomm_precision", "triton_url": "generator.triton_url",
+        "triton_ca": "generator.triton_ca",
         "vcam_backend": "vcam.backend", "vcam_device": "vcam.device", "out": "output.video",
         "host": "web.host", "port": "web.port", "token": "web.token", "cert": "web.cert", "key": "web.key",
     }
@@ -127,6 +133,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         o["capture.pace"] = False
     if args.no_crop:
         o["generator.crop"] = False
+    if args.triton_insecure:
+        o["generator.triton_insecure"] = True
     if args.intensity is not None:
         for region in ("mouth", "eyes", "brows", "face"):
             o[f"motion.intensity.{region}"] = args.intensity

@@ -98,8 +98,8 @@ class GeneratorConfig:
     mouth_interior: bool = _key(True, "mesh: draw teeth and a mouth cavity when the mouth opens")
     checkpoint: str | None = _key(None, "fomm: path to vox-adv-cpk.pth.tar or vox-cpk.pth.tar; liveportrait: the "
                                   "weights folder (pretrained_weights/liveportrait)")
-    backend: str = _key("auto", "inference runtime for model-based generators",
-                        choices=("auto", "tensorrt", "onnxruntime", "torch"))
+    backend: str = _key("auto", "inference runtime for model-based generators (triton: on a Triton Inference Server, "
+                        "see triton_url)", choices=("auto", "tensorrt", "onnxruntime", "torch", "triton"))
     crop: bool = _key(True, "fomm, liveportrait: crop the driver's face from the frame (false: use frames as they are)")
     fomm_size: int | None = _key(None, "fomm: side of the model's square input in pixels; null: fomm_config's "
                                  "frame_shape, else 256 (what FOMM's demo and Avatarify use for every checkpoint)",
@@ -117,6 +117,13 @@ class GeneratorConfig:
                                 choices=("user", "avatar"))
     swap_colour_time_s: float = _key(0.3, "swap: seconds over which the skin-colour match to your lighting is "
                                      "smoothed (0: every frame on its own, may flicker)", low=0.0, high=5.0)
+    triton_url: str | None = _key(None, "backend triton: the server's gRPC address, host:port (TLS unless the host is "
+                                  "this machine; token from $FACEMIMIC_TRITON_TOKEN)")
+    triton_ca: str | None = _key(None, "backend triton: PEM certificate that signed the server's (self-signed "
+                                 "setups); null: the system's roots")
+    triton_insecure: bool = _key(False, "backend triton: allow plain text and no token to another machine (trusted "
+                                 "LAN or SSH tunnel only)")
+    triton_timeout_s: float = _key(2.0, "backend triton: longest wait for one request in seconds", low=0.05, high=60)
 
 
 @dataclass(frozen=True)

@@ -340,5 +340,6 @@ class StatusLine:
             avatar=rendered.avatar_name, calibration=rendered.calibration,
             fps=(measured.fps or 0.0) if measured is not None and stats else None,
             latency_ms=rendered.latency_ms if stats else None,
+            server_ms=rendered.stage_ms.get("server_round_trip") if stats else None,
             note=note, banner=self._banner, notice=self._notice(),
         )

@@ -38,6 +38,8 @@ class PreviewStatus:
     """Frames per second reaching the camera."""
     latency_ms: float | None = None
     """Capture-to-send latency in milliseconds."""
+    server_ms: float | None = None
+    """Round trip of this frame's graphs to the inference server (--backend triton), in milliseconds."""
     note: str = ""
     """Anything else worth a glance: 'FROZEN', 'PASSTHROUGH', 'no face', 'camera 0 stalled...'."""
     banner: str = ""
@@ -52,6 +54,8 @@ class PreviewStatus:
             parts.append(f"output {self.fps:.1f} fps")
         if self.latency_ms is not None:
             parts.append(f"latency {self.latency_ms:.0f} ms")
+        if self.server_ms is not None:
+            parts.append(f"server {self.server_ms:.0f} ms")
         parts.append(self.note)
         return " | ".join(part for part in parts if part)
 

@@ -38,7 +38,7 @@ def _strip(spec: str) -> str:
 def test_dependencies_and_extras_match_the_requirements_files():
     project = _pyproject()["project"]
     assert [_strip(d) for d in project["dependencies"]] == _requirements("requirements.txt")
-    for extra in ("torch", "web", "dev", "gpu"):
+    for extra in ("torch", "web", "dev", "gpu", "triton"):
         assert project["optional-dependencies"][extra] == _extra(f"requirements-{extra}.txt"), extra
     assert project["optional-dependencies"]["torch"] == ["torch==2.13.0"], "torch stays pinned exactly"
 

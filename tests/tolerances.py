@@ -90,3 +90,13 @@ SWAP_COLOUR_STEP_BOUND = 2.0
 are 1 CIE Delta E, about one just-noticeable difference), over d12 frames 0-59 with the default 0.3 s moving
 average. A perceptual bound, not a float-noise one: flicker starts to show at about 1 Delta E per frame. Measured
 on the fixture: see tests/test_swap.py's assertion message (smoothed and unsmoothed maxima)."""
+
+
+# ---------------------------------------------------------------- Triton (tests/test_triton.py)
+
+TRITON_REMOTE_BOUND = 5e-4
+"""A graph on the Triton test server (ONNX Runtime CPU, 1 thread, inside PyTriton) vs the same ONNX file on the local
+ONNX Runtime runner (default threads). Measured 0.0 on every output of all 8 graphs (both sides ONNX Runtime 1.32);
+the bound allows the server's environment another ONNX Runtime build or thread split: the FOMM float-noise study's
+worst across runtimes and 1/2/4 threads (4.5e-5, FOMM_ONNX_BOUND) with 11x headroom. A wrong tensor order, dtype or
+a stale graph on the server gives errors of order 0.1 to 1."""

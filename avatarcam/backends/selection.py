@@ -33,6 +33,8 @@ RUNTIMES: dict[str, type[Runner]] = {
 """Every runtime by registry name; the only place runner classes are listed."""
 
 BACKEND_CHOICES = ("auto", *RUNTIMES)
+REMOTE_BACKENDS = ("triton",)
+"""Backends that run a model on a server (backends.triton_runner); generators open them, not select_backend."""
 CPU_RUNTIMES = ("onnxruntime", "torch")
 
 

@@ -33,6 +33,8 @@ class LockedRunner:
 
 def needs_onnx(requested: str, cpu_runtime: str, hardware: Any) -> bool:
     """Whether backend selection for one model can pick a runtime that reads the ONNX file."""
+    if requested == "triton":
+        return False  # the server holds its own exports (tools/export_triton.py)
     if requested in ("onnxruntime", "tensorrt"):
         return True
     if requested == "torch":
@@ -45,6 +47,8 @@ def needs_onnx(requested: str, cpu_runtime: str, hardware: Any) -> bool:
 
 def gpu_runs(requested: str, hardware: Any) -> bool:
     """Whether backend `requested` puts the models on a GPU here."""
+    if requested == "triton":
+        return False  # the server's GPU, not this machine's
     if requested == "tensorrt":
         return True
     if requested == "onnxruntime":

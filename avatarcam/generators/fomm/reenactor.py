@@ -56,6 +56,7 @@ from avatarcam.generators.common.crop import (
     resize_square,
 )
 from avatarcam.generators.common.runtime import LockedRunner, gpu_runs, needs_onnx, runtime_label
+from avatarcam.generators.common.triton import record_round_trip, triton_settings
 from avatarcam.motion import MotionSettings
 from avatarcam.paths import ENGINES_DIR, PROJECT_ROOT
 from avatarcam.types import Observed
@@ -210,12 +211,18 @@ class FommSettings:
     backend is auto)."""
     cpu_runtimes: dict[str, str] = field(default_factory=lambda: dict(CPU_RUNTIMES))
     tensorrt_precisions: dict[str, str] = field(default_factory=lambda: dict(TENSORRT_PRECISIONS))
+    triton: Any = None
+    """backends.triton_runner.TritonSettings when backend is 'triton' (the server's address, TLS and token)."""
 
     def __post_init__(self) -> None:
-        from avatarcam.backends.selection import BACKEND_CHOICES
+        from avatarcam.backends.selection import BACKEND_CHOICES, REMOTE_BACKENDS
 
-        if self.backend not in BACKEND_CHOICES:
-            raise ConfigError(f"generator.backend {self.backend!r} is not one of {', '.join(BACKEND_CHOICES)}")
+        choices = (*BACKEND_CHOICES, *REMOTE_BACKENDS)
+        if self.backend not in choices:
+            raise ConfigError(f"generator.backend {self.backend!r} is not one of {', '.join(choices)}")
+        if self.backend in REMOTE_BACKENDS and self.triton is None:
+            raise ConfigError(f"generator.backend {self.backend} runs the models on a server: give its address with "
+                              f"--triton-url host:8001 (generator.triton_url)")
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"generator.fomm_precision {self.precision!r} is not one of {', '.join(PRECISIONS)}"
@@ -354,7 +361,8 @@ class FommRuntime:
     def __init__(self, *, models: Any, settings: FommSettings, hardware: Any = None,
                  log_line: Callable[[str], None] = log.info) -> None:
         from avatarcam.backends.hardware import detect_hardware
-        from avatarcam.backends.selection import ModelSpec, open_backend
+        from avatarcam.backends.selection import ModelSpec
+        from avatarcam.generators.common.triton import open_runner
         from avatarcam.generators.fomm import export as fx
 
         hardware = detect_hardware() if hardware is None else hardware
@@ -388,7 +396,8 @@ class FommRuntime:
                     precision=settings.tensorrt_precisions[name],
                     engines_dir=folder,
                 )
-                runners[name] = LockedRunner(open_backend(settings.backend, spec, hardware=hardware, log=log_line))
+                runners[name] = LockedRunner(open_runner(settings.backend, spec, key=models.key,
+                                                         triton=settings.triton, hardware=hardware, log_line=log_line))
         except BaseException:
             for runner in runners.values():
                 runner.close()
@@ -697,6 +706,7 @@ class FommReenactor:
         generated = time.perf_counter()
         self.last_prediction = np.array(prediction)
         self._compose(prepared, prediction, out)
+        record_round_trip((self.runners.kp_detector, self.runners.frame_generator), timings)
         timings["generate"] = (generated - start) * 1000
         timings["compose"] = (time.perf_counter() - generated) * 1000
 
@@ -775,5 +785,6 @@ def build_fomm_reenactor(config: Any, *, hardware: Any = None) -> FommReenactor:
     settings = FommSettings(
         checkpoint=resolve_checkpoint(g.checkpoint), backend=g.backend, crop=g.crop, canvas_size=g.canvas_size,
         image_size=g.fomm_size, fomm_config=_project_path(g.fomm_config), precision=g.fomm_precision,
+        triton=triton_settings(g),
     )
     return FommReenactor(settings=settings, motion=motion, hardware=hardware)

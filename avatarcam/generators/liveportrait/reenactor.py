@@ -64,6 +64,7 @@ from avatarcam.generators.common.crop import (
     resize_square,
 )
 from avatarcam.generators.common.runtime import LockedRunner, needs_onnx, runtime_label
+from avatarcam.generators.common.triton import record_round_trip, triton_settings
 from avatarcam.generators.liveportrait import motion as mo
 from avatarcam.motion import MotionSettings
 from avatarcam.paths import ENGINES_DIR
@@ -114,6 +115,8 @@ def eye_lip_ratios(points: np.ndarray) -> np.ndarray:
     return np.array([_ratio(points, _EYE_LEFT), _ratio(points, _EYE_RIGHT), _ratio(points, _LIP)], np.float32)
 
 
+PER_FRAME_GRAPHS = ("lp_motion", "lp_stitching", "lp_retargeting", "lp_warp_generate")
+
 # --------------------------------------------------------------------------------------------------------------------
 # Settings, prepared avatars, neutral, motion controls.
 # --------------------------------------------------------------------------------------------------------------------
@@ -133,12 +136,18 @@ class LivePortraitSettings:
     engines_dir: Path = ENGINES_DIR
     cpu_runtimes: dict[str, str] = field(default_factory=lambda: dict(CPU_RUNTIMES))
     tensorrt_precisions: dict[str, str] = field(default_factory=lambda: dict(TENSORRT_PRECISIONS))
+    triton: Any = None
+    """backends.triton_runner.TritonSettings when backend is 'triton' (the server's address, TLS and token)."""
 
     def __post_init__(self) -> None:
-        from avatarcam.backends.selection import BACKEND_CHOICES
+        from avatarcam.backends.selection import BACKEND_CHOICES, REMOTE_BACKENDS
 
-        if self.backend not in BACKEND_CHOICES:
-            raise ConfigError(f"generator.backend {self.backend!r} is not one of {', '.join(BACKEND_CHOICES)}")
+        choices = (*BACKEND_CHOICES, *REMOTE_BACKENDS)
+        if self.backend not in choices:
+            raise ConfigError(f"generator.backend {self.backend!r} is not one of {', '.join(choices)}")
+        if self.backend in REMOTE_BACKENDS and self.triton is None:
+            raise ConfigError(f"generator.backend {self.backend} runs the models on a server: give its address with "
+                              f"--triton-url host:8001 (generator.triton_url)")
         if self.canvas_size < 64:
             raise ConfigError(f"generator.canvas_size {self.canvas_size} is too small: expected at least 64")
         for name, table in (("cpu_runtimes", self.cpu_runtimes), ("tensorrt_precisions", self.tensorrt_precisions)):
@@ -236,7 +245,8 @@ class LivePortraitRuntime:
     def __init__(self, *, models: Any, settings: LivePortraitSettings, hardware: Any = None,
                  log_line: Callable[[str], None] = log.info) -> None:
         from avatarcam.backends.hardware import detect_hardware
-        from avatarcam.backends.selection import ModelSpec, open_backend
+        from avatarcam.backends.selection import ModelSpec
+        from avatarcam.generators.common.triton import open_runner
         from avatarcam.generators.liveportrait import export as lx
 
         hardware = detect_hardware() if hardware is None else hardware
@@ -253,8 +263,9 @@ class LivePortraitRuntime:
                     io=lx.graph_io(models, name), cpu_runtime=settings.cpu_runtimes[name],
                     precision=settings.tensorrt_precisions[name], engines_dir=folder,
                 )
-                self.runners[name] = LockedRunner(open_backend(settings.backend, spec, hardware=hardware,
-                                                                log=log_line))
+                self.runners[name] = LockedRunner(open_runner(settings.backend, spec, key=models.key,
+                                                              triton=settings.triton, hardware=hardware,
+                                                              log_line=log_line))
         except BaseException:
             self.close()
             raise
@@ -516,6 +527,7 @@ class LivePortraitReenactor:
         self.last_prediction = np.array(image)
         self.last_kp_driving = np.array(x_d)
         self._compose(prepared, image, out)
+        record_round_trip([self.runners.runners[n] for n in PER_FRAME_GRAPHS], timings)
         timings["generate"] = (generated - start) * 1000
         timings["compose"] = (time.perf_counter() - generated) * 1000
 
@@ -583,7 +595,7 @@ def build_liveportrait_reenactor(sections: Any, *, hardware: Any = None) -> Live
         lost_face_ease_s=m.lost_face_ease_s,
     )
     settings = LivePortraitSettings(checkpoint=resolve_folder(g.checkpoint), backend=g.backend, crop=g.crop,
-                                    canvas_size=g.canvas_size)
+                                    canvas_size=g.canvas_size, triton=triton_settings(g))
     return LivePortraitReenactor(settings=settings, motion=motion, hardware=hardware)
 
 
