@@ -25,10 +25,14 @@ on any other CPU the exact float32 path runs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import platform
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +42,11 @@ from avatarcam.generators.fomm.model import ConvNormReLU, FommGenerator, PreActR
 
 __all__ = [
     "BF16_CPU_FLAGS",
+    "INT8_CPU_FLAGS",
+    "Int8Bottleneck",
+    "Int8Residual",
+    "bottleneck_ranges",
+    "int8_native",
     "FommFastDecoder",
     "FommFastFrameGenerator",
     "FommFrameMotion",
@@ -76,6 +85,25 @@ def bf16_native() -> tuple[bool, str]:
     found = [flag for flag in BF16_CPU_FLAGS if flag in flags]
     if not found:
         return False, f"the CPU has none of {', '.join(BF16_CPU_FLAGS)} (bf16 would be emulated, slower than fp32)"
+    return True, f"CPU flags {', '.join(found)}"
+
+
+# x86 flags of CPUs with 8-bit dot-product instructions (Intel Cascade Lake / Alder Lake and later, AMD Zen 4 and
+# later): oneDNN's int8 convolutions multiply 8-bit pairs at twice the bf16 rate there.
+INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# torch's quantized engine used for the int8 bottleneck (oneDNN; "x86" picks oneDNN or FBGEMM per shape).
+_INT8_ENGINE = "onednn"
+
+
+@functools.lru_cache(maxsize=1)
+def int8_native() -> tuple[bool, str]:
+    """(usable, reason): whether this CPU and torch run the int8 bottleneck natively (the decoder around it also
+    needs bf16_native())."""
+    if _INT8_ENGINE not in torch.backends.quantized.supported_engines:
+        return False, f"torch {torch.__version__} has no {_INT8_ENGINE} quantized engine"
+    found = [flag for flag in INT8_CPU_FLAGS if flag in cpu_flags()]
+    if not found:
+        return False, f"the CPU has none of {', '.join(INT8_CPU_FLAGS)} (int8 convolutions would not be faster)"
     return True, f"CPU flags {', '.join(found)}"
 
 
@@ -141,6 +169,135 @@ def _to_bf16(module: nn.Module) -> nn.Module:
     return module.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
 
 
+# ---------------------------------------------------------------------------------------------- int8 bottleneck
+
+ChannelRanges = tuple[Tensor, Tensor, Tensor]
+"""Per bottleneck block, float32 (C,) channel maxima of: conv1's input (after norm1 + ReLU), conv1's output (after
+the folded norm2 + ReLU) and |conv2's output|."""
+
+
+def bottleneck_ranges(bottleneck: nn.Sequential, inputs: list[Tensor]) -> list[ChannelRanges]:
+    """Channel ranges of every block of a folded float32 bottleneck (`_folded`), maxima over all `inputs`.
+
+    inputs: warped features (B, F, h, w) float32, what the bottleneck sees (e.g. FommFrameMotion's output).
+    """
+    ranges: list[ChannelRanges] | None = None
+    with torch.inference_mode():
+        for x in inputs:
+            seen = []
+            for block in bottleneck:
+                a = F.relu(block.norm1(x))
+                b = F.relu(block.conv1(a))
+                c = block.conv2(b)
+                seen.append(tuple(v.abs().amax(dim=(0, 2, 3)) for v in (a, b, c)))
+                x = x + c
+            ranges = seen if ranges is None else [
+                tuple(torch.maximum(old, new) for old, new in zip(before, now)) for before, now in zip(ranges, seen)
+            ]
+    if ranges is None:
+        raise ValueError("bottleneck_ranges needs at least one input")
+    return ranges
+
+
+@contextlib.contextmanager
+def _quiet_quantization() -> Iterator[None]:
+    """torch 2.13 warns on each quantized-tensor creation that the API will be deprecated; torch is pinned exactly
+    (pyproject), so the warning tells a user nothing. Silenced only around these calls."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.quantize_per_tensor", category=UserWarning)
+        yield
+
+
+def _prepacked_int8_conv(weight: Tensor, bias: Tensor) -> Any:
+    """A 3x3, padding-1 convolution prepacked for torch's int8 kernels: symmetric int8 weights with one scale per
+    output channel (max |w| / 127), float32 bias."""
+    scales = (weight.abs().amax(dim=(1, 2, 3)).clamp_min(1e-12) / 127).double()
+    with _quiet_quantization():
+        qweight = torch.quantize_per_channel(weight.float(), scales, torch.zeros(len(scales), dtype=torch.long), 0,
+                                             torch.qint8)
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = _INT8_ENGINE
+    try:
+        return torch.ops.quantized.conv2d_prepack(qweight, bias.float(), [1, 1], [1, 1], [1, 1], 1)
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+class Int8Residual(nn.Module):
+    """A folded PreActResidual with 8-bit convolutions: x + g * conv2(relu(conv1(q(relu(s * x + t))))).
+
+    - weights: int8, one scale per output channel; activations: uint8 / int8, one scale per tensor. conv1's input
+      scale is taken from each frame (its max / 255, never clipped); conv1's and conv2's output scales are fixed
+      from calibration `ranges` (values beyond the calibrated maxima saturate). The residual sum stays float32.
+    - cross-layer equalisation (Nagel et al. 2019, "Data-Free Quantization Through Weight Equalization and Bias
+      Correction", section 4.1): a positive per-channel factor moved from a ReLU's output into the next
+      convolution's input channels is exact algebra (ReLU commutes with positive scaling); chosen as
+      sqrt(activation range / weight range) it evens out the channels so that one 8-bit scale per tensor loses
+      little on channels with small values. conv2's output channels are divided by their range and multiplied
+      back in float32 (g) after dequantisation.
+    """
+
+    def __init__(self, block: PreActResidual, ranges: ChannelRanges) -> None:
+        super().__init__()
+        if not isinstance(block.norm2, nn.Identity):
+            raise ValueError("Int8Residual needs a folded block (norm2 folded into conv1, see _folded)")
+        norm = block.norm1
+        with torch.no_grad():
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            shift = norm.bias - norm.running_mean * scale
+            w1, b1 = block.conv1.weight.detach().clone(), block.conv1.bias.detach().clone()
+            w2, b2 = block.conv2.weight.detach().clone(), block.conv2.bias.detach().clone()
+            a_range, b_range, c_range = (r.float().clamp_min(1e-6) for r in ranges)
+            e = torch.sqrt(a_range / w1.abs().amax(dim=(0, 2, 3)).clamp_min(1e-12))  # conv1 input channels
+            scale, shift, w1 = scale / e, shift / e, w1 * e.view(1, -1, 1, 1)
+            f = torch.sqrt(b_range / w2.abs().amax(dim=(0, 2, 3)).clamp_min(1e-12))  # conv1 out = conv2 in
+            w1, b1, w2, b2_range = w1 / f.view(-1, 1, 1, 1), b1 / f, w2 * f.view(1, -1, 1, 1), b_range / f
+            w2, b2 = w2 / c_range.view(-1, 1, 1, 1), b2 / c_range  # conv2 output channels to range 1
+        self.register_buffer("scale", scale.view(1, -1, 1, 1).contiguous())
+        self.register_buffer("shift", shift.view(1, -1, 1, 1).contiguous())
+        self.register_buffer("gain", c_range.view(1, -1, 1, 1).contiguous())
+        self.conv1 = _prepacked_int8_conv(w1, b1)
+        self.conv2 = _prepacked_int8_conv(w2, b2)
+        self.conv1_out_scale = float(b2_range.max()) / 255  # uint8 after the ReLU
+        self.conv2_out_scale = 1.0 / 127  # int8 range as uint8 with zero point 128
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, h, w) float32 (channels-last preferred) -> same shape, float32."""
+        a = torch.addcmul(self.shift, x, self.scale).relu_()
+        with _quiet_quantization():
+            qa = torch.quantize_per_tensor(a, max(float(a.max()), 1e-8) / 255, 0, torch.quint8)
+        b = torch.ops.quantized.conv2d_relu(qa, self.conv1, self.conv1_out_scale, 0)
+        c = torch.ops.quantized.conv2d(b, self.conv2, self.conv2_out_scale, 128)
+        return torch.addcmul(x, c.dequantize(), self.gain)
+
+
+class Int8Bottleneck(nn.Sequential):
+    """The generator's bottleneck as Int8Residual blocks: (B, F, h, w) float32 -> float32, channels-last."""
+
+    def __init__(self, bottleneck: nn.Sequential, ranges: list[ChannelRanges]) -> None:
+        if len(ranges) != len(bottleneck):
+            raise ValueError(f"Int8Bottleneck: {len(ranges)} calibration ranges for {len(bottleneck)} blocks")
+        super().__init__(*(Int8Residual(block, r) for block, r in zip(bottleneck, ranges)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.float().contiguous(memory_format=torch.channels_last))
+
+
+def int8_calibration_ranges(generator: FommGenerator, kp_detector: nn.Module,
+                            images: list[Tensor]) -> list[ChannelRanges]:
+    """Bottleneck channel ranges of each image animated by its own keypoints (identity motion), float32.
+
+    images: (1, C, H, W) float32 RGB in [0, 1] at the model's input size (e.g. the built-in avatars).
+    """
+    motion = FommFrameMotion(generator)
+    warped = []
+    with torch.inference_mode():
+        for image in images:
+            value, jacobian = kp_detector(image)
+            warped.append(motion(image, generator.encode_source(image), value, jacobian, value, jacobian))
+    return bottleneck_ranges(_folded(generator.bottleneck), warped)
+
+
 class FommFrameMotion(nn.Module):
     """The float32 first half of the frame generator: dense motion, then the encoding warped and occluded.
 
@@ -175,11 +332,14 @@ class FommFastDecoder(nn.Module):
     float32 generator may be freed.
     """
 
-    def __init__(self, generator: FommGenerator, image_size: int = 256) -> None:
+    def __init__(self, generator: FommGenerator, image_size: int = 256,
+                 int8_ranges: list[ChannelRanges] | None = None) -> None:
         super().__init__()
         if generator.training:
             raise ValueError("FommFastDecoder folds batch norms: pass a generator in eval mode")
-        self.bottleneck = _to_bf16(_folded(generator.bottleneck))
+        folded = _folded(generator.bottleneck)
+        self.int8 = int8_ranges is not None
+        self.bottleneck = Int8Bottleneck(folded, int8_ranges) if int8_ranges is not None else _to_bf16(folded)
         feature_side = image_size // 2**generator.config.generator.num_down_blocks
         self.up_blocks = _to_bf16(_transposed_up_blocks(
             _folded(generator.up_blocks), [feature_side * 2**i for i in range(len(generator.up_blocks))]
@@ -188,7 +348,10 @@ class FommFastDecoder(nn.Module):
         self.eval().requires_grad_(False)
 
     def forward(self, warped_features: Tensor) -> Tensor:
-        out = self.bottleneck(warped_features.to(dtype=torch.bfloat16, memory_format=torch.channels_last))
+        if self.int8:
+            out = self.bottleneck(warped_features).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+        else:
+            out = self.bottleneck(warped_features.to(dtype=torch.bfloat16, memory_format=torch.channels_last))
         for block in self.up_blocks:
             out = block(out)
         return torch.sigmoid(self.final(out).float()).contiguous()
@@ -197,10 +360,11 @@ class FommFastDecoder(nn.Module):
 class FommFastFrameGenerator(nn.Module):
     """`FommFrameGenerator` (same inputs, prediction only) as FommFrameMotion (float32) + FommFastDecoder (bf16)."""
 
-    def __init__(self, generator: FommGenerator, image_size: int = 256) -> None:
+    def __init__(self, generator: FommGenerator, image_size: int = 256,
+                 int8_ranges: list[ChannelRanges] | None = None) -> None:
         super().__init__()
         self.motion = FommFrameMotion(generator)
-        self.decoder = FommFastDecoder(generator, image_size)
+        self.decoder = FommFastDecoder(generator, image_size, int8_ranges)
         self.eval()
 
     def forward(
