@@ -154,6 +154,15 @@ def test_batch_norm_folding_is_exact_algebra(tiny_frames):
         assert float((up(out) - generator.up_blocks[0](out)).abs().max()) <= 1e-4
         transposed = fomm_fast.UpsampleConvReLU(up)
         assert float((transposed(out) - generator.up_blocks[0](out)).abs().max()) <= 1e-4
+        # The dense-motion hourglass's up blocks as four-phase 2x2 convolutions (float32, exported to ONNX).
+        original = generator.dense_motion_network.hourglass.decoder.up_blocks[1]
+        small = torch.rand(1, original.conv.in_channels, 8, 8, generator=torch.Generator().manual_seed(1))
+        phased = fomm_fast.UpsampleConvPhases(fomm_fast._folded(original))
+        assert float((phased(small) - original(small)).abs().max()) <= 1e-4
+        scale = float(original(small).abs().max())
+        with torch.no_grad():  # column phases swapped: a wrong answer by a wide margin
+            phased.weight.copy_(phased.weight.unflatten(0, (-1, 4))[:, [1, 0, 3, 2]].flatten(0, 1))
+        assert float((phased(small) - original(small)).abs().max()) > 0.05 * scale
         # Without folding, dropping the batch norms changes the answer completely.
         unfolded = fomm_fast._folded(generator.up_blocks[0])
         unfolded.conv = generator.up_blocks[0].conv

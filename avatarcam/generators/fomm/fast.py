@@ -158,6 +158,53 @@ class UpsampleConvReLU(nn.Module):
         return F.relu(F.conv_transpose2d(x, self.weight, self.bias, stride=2, padding=1))
 
 
+# Row taps of the same sum for a 2x2 convolution per output phase: phase 0 (row 2i) reads rows i-1, i with weights
+# W0, W1+W2; phase 1 (row 2i+1) reads rows i, i+1 with W0+W1, W2.
+_PHASE_ROWS = (((0,), (1, 2)), ((0, 1), (2,)))
+
+
+class UpsampleConvPhases(nn.Module):
+    """A folded UpBlock (nearest 2x upsampling + 3x3 conv + ReLU) as one 2x2 convolution on the small input that
+    computes the four output phases (row parity x column parity) as four channel groups, then interleaves them.
+
+    2.25x fewer multiplies than convolving the upsampled image, the same function up to float32 re-association of
+    the weight sums, and only standard operators (Conv, Slice, Concat, DepthToSpace), so it exports to ONNX and runs
+    in float32 on ONNX Runtime (used in the dense-motion hourglass, which stays float32).
+    """
+
+    def __init__(self, block: ConvNormReLU) -> None:
+        super().__init__()
+        if not isinstance(block.norm, nn.Identity) or block.conv.kernel_size != (3, 3) or block.conv.padding != (1, 1):
+            raise ValueError("UpsampleConvPhases needs a folded UpBlock (3x3 conv, padding 1, norm folded)")
+        weight = block.conv.weight.detach()
+        kernels = []
+        for rows in _PHASE_ROWS:
+            summed_rows = torch.stack([weight[:, :, list(taps), :].sum(2) for taps in rows], 2)
+            for cols in _PHASE_ROWS:
+                kernels.append(torch.stack([summed_rows[:, :, :, list(taps)].sum(3) for taps in cols], 3))
+        out_channels = weight.shape[0]
+        # Channel order (out channel, row phase, column phase), as pixel_shuffle / DepthToSpace(CRD) expects.
+        self.weight = nn.Parameter(torch.stack(kernels, 1).reshape(out_channels * 4, weight.shape[1], 2, 2),
+                                   requires_grad=False)
+        self.bias = nn.Parameter(block.conv.bias.detach().repeat_interleave(4), requires_grad=False)
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[2], x.shape[3]
+        y = F.relu(F.conv2d(x, self.weight, self.bias, padding=1))  # (B, 4C, H+1, W+1); phase (p, q) at offset p, q
+        groups = y.unflatten(1, (self.out_channels, 4))
+        phases = [groups[:, :, 2 * p + q, p:p + height, q:q + width] for p in (0, 1) for q in (0, 1)]
+        return F.pixel_shuffle(torch.stack(phases, 2).flatten(1, 2), 2)
+
+
+def _phased_dense_motion(network: nn.Module) -> nn.Module:
+    """A copy of an eval-mode DenseMotionNetwork whose hourglass up blocks are folded UpsampleConvPhases."""
+    network = copy.deepcopy(network)
+    decoder = network.hourglass.decoder
+    decoder.up_blocks = nn.ModuleList(UpsampleConvPhases(block) for block in _folded(decoder.up_blocks))
+    return network
+
+
 def _transposed_up_blocks(blocks: nn.ModuleList, input_sides: list[int]) -> nn.ModuleList:
     """Folded up blocks, each replaced by UpsampleConvReLU where its input is at least _MIN_TRANSPOSED_SIDE wide."""
     return nn.ModuleList(
@@ -308,6 +355,9 @@ class FommFrameMotion(nn.Module):
     def __init__(self, generator: FommGenerator) -> None:
         super().__init__()
         self.generator = generator
+        # In eval mode the hourglass's up blocks run as UpsampleConvPhases (batch norms folded: eval mode only).
+        self.dense_motion = generator.dense_motion_network if generator.training else _phased_dense_motion(
+            generator.dense_motion_network)
         self.train(generator.training)  # a new module starts in training mode; see fomm_model.FommSourceEncoder
 
     def forward(
@@ -319,7 +369,7 @@ class FommFrameMotion(nn.Module):
         kp_driving_value: Tensor,
         kp_driving_jacobian: Tensor,
     ) -> Tensor:
-        deformation, occlusion_map, _ = self.generator.dense_motion_network(
+        deformation, occlusion_map, _ = self.dense_motion(
             source_image, kp_source_value, kp_source_jacobian, kp_driving_value, kp_driving_jacobian
         )
         return self.generator.warped_features(source_features, deformation, occlusion_map)
