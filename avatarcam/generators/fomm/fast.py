@@ -18,6 +18,11 @@ What runs in bf16 and what does not:
   threads lost several times over. The keypoint detector and the per-avatar encoder are not touched (they stay
   exact; the encoder's output is cached per avatar).
 
+int8 (fomm_precision int8, auto's choice on CPUs with VNNI): the bottleneck's convolutions run on torch's int8
+kernels (oneDNN), twice the bf16 multiply rate; see Int8Residual for the scheme and int8_calibration_ranges for the
+calibration. The up blocks and final conv stay bf16. The dense-motion hourglass's up blocks run as
+UpsampleConvPhases (float32, same function), in both modes.
+
 The result is not bit-identical to the float32 port: its tolerance against the exact path is stated and tested in
 tests/test_fomm_fast.py and in the README. `bf16_native()` decides at run time whether the fast path can be used;
 on any other CPU the exact float32 path runs.
@@ -378,8 +383,9 @@ class FommFrameMotion(nn.Module):
 class FommFastDecoder(nn.Module):
     """The bf16 second half: warped_features (B, F, h, w) float32 -> prediction (B, 3, H, W) float32 in [0, 1].
 
-    Batch norms folded, channels-last bfloat16, up blocks as transposed convolutions; weights are copies, so the
-    float32 generator may be freed.
+    Batch norms folded, channels-last bfloat16, up blocks as transposed convolutions; with int8_ranges the
+    bottleneck is an Int8Bottleneck (float32 in and out, int8 convolutions). Weights are copies, so the float32
+    generator may be freed.
     """
 
     def __init__(self, generator: FommGenerator, image_size: int = 256,
