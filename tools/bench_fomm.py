@@ -16,11 +16,11 @@ number. TensorRT runs when a GPU exists.
     python tools/bench_fomm.py --original ~/first-order-model --json OUT.json [--frames 8] [--calibrated]
 
 times the original FOMM code (the checkout's modules, driven as Avatarify's PredictorLocal drives them: per frame
-kp_detector, normalize_kp with relative motion and adapted scale, generator) and FaceMimic's runtimes (auto, which
-is bf16 on CPUs that have it; onnxruntime and torch, both exact fp32) on the same weights and the same 256x256
-frames, one frame each in turn, in one process; it reports ms per frame, the speed-up over the original, the
-parity of each runtime against the original and against our exact torch path, and a per-stage profile of the frame
-generator (fp32 against bf16). --calibrated sets the random weights' batch-norm statistics from real images so that
+kp_detector, normalize_kp with relative motion and adapted scale, generator) and FaceMimic's runtimes (auto, the
+default: int8 bottleneck on CPUs with bf16 and VNNI, else bf16 where native; bf16; onnxruntime and torch, both exact
+fp32) on the same weights and the same 256x256 frames, one frame each in turn, in one process; it reports ms per
+frame and per stage, the speed-up over the original, the parity of each runtime against the original and against
+our exact torch path, and a per-stage profile of the frame generator (fp32, bf16 and int8). --calibrated sets the random weights' batch-norm statistics from real images so that
 the outputs are structured pictures and the parity figures mean something (torch's default initialisation gives a
 flat grey output).
 """
