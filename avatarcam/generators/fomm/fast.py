@@ -253,8 +253,9 @@ def bottleneck_ranges(bottleneck: nn.Sequential, inputs: list[Tensor]) -> list[C
 
 @contextlib.contextmanager
 def _quiet_quantization() -> Iterator[None]:
-    """torch 2.13 warns on each quantized-tensor creation that the API will be deprecated; torch is pinned exactly
-    (pyproject), so the warning tells a user nothing. Silenced only around these calls."""
+    """torch 2.13 warns (once per process) on quantized-tensor creation that the API will be deprecated; torch is
+    pinned exactly (pyproject), so the warning tells a user nothing. Silenced around weight quantisation, which runs
+    before any per-frame call (warnings.catch_warnings is not thread-safe, so never per frame)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.quantize_per_tensor", category=UserWarning)
         yield
@@ -316,8 +317,8 @@ class Int8Residual(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, h, w) float32 (channels-last preferred) -> same shape, float32."""
         a = torch.addcmul(self.shift, x, self.scale).relu_()
-        with _quiet_quantization():
-            qa = torch.quantize_per_tensor(a, max(float(a.max()), 1e-8) / 255, 0, torch.quint8)
+        # No warning here: torch warns once per process, and that once was silenced in _prepacked_int8_conv.
+        qa = torch.quantize_per_tensor(a, max(float(a.max()), 1e-8) / 255, 0, torch.quint8)
         b = torch.ops.quantized.conv2d_relu(qa, self.conv1, self.conv1_out_scale, 0)
         c = torch.ops.quantized.conv2d(b, self.conv2, self.conv2_out_scale, 128)
         return torch.addcmul(x, c.dequantize(), self.gain)
