@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="allow plain text, no token, to another machine (generator.triton_insecure)")
     av.add_argument("--no-crop", action="store_true", help="FOMM: use frames as given, no face crop")
     av.add_argument("--fomm-size", type=int, help="FOMM: model input size in pixels, default 256 (generator.fomm_size)")
-    av.add_argument("--fomm-precision", choices=("auto", "fp32", "bf16"),
-                    help="FOMM frame generator on CPU: fp32 exact, bf16 fast, auto (generator.fomm_precision)")
+    av.add_argument("--fomm-precision", choices=("auto", "fp32", "bf16", "int8"),
+                    help="FOMM frame generator on CPU: fp32 exact, bf16 fast, int8 fastest (8-bit bottleneck), "
+                         "auto (generator.fomm_precision)")
     av.add_argument("--fomm-config", help="FOMM: its own YAML, e.g. config/vox-adv-256.yaml (generator.fomm_config)")
     av.add_argument("--canvas-size", type=int, help="avatar canvas side in pixels (generator.canvas_size)")
     mo = p.add_argument_group("motion")

@@ -106,7 +106,9 @@ class GeneratorConfig:
                                  low=32, high=2048)
     fomm_precision: str = _key("auto", "fomm: frame generator precision on CPU: fp32 is the exact port; bf16 runs "
                                "its convolutions in bfloat16 (about 50 dB PSNR to fp32, CPUs with native bf16 only); "
-                               "auto: bf16 where native, else fp32", choices=("auto", "fp32", "bf16"))
+                               "int8 is bf16 with an 8-bit bottleneck (about 45 dB, bf16 + VNNI CPUs); "
+                               "auto: int8, else bf16, where native, else fp32",
+                               choices=("auto", "fp32", "bf16", "int8"))
     fomm_config: str | None = _key(None, "fomm: FOMM's own YAML config (e.g. first-order-model/config/"
                                    "vox-adv-256.yaml): model_params and frame_shape; null: inferred from the "
                                    "checkpoint")

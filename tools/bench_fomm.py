@@ -16,11 +16,11 @@ number. TensorRT runs when a GPU exists.
     python tools/bench_fomm.py --original ~/first-order-model --json OUT.json [--frames 8] [--calibrated]
 
 times the original FOMM code (the checkout's modules, driven as Avatarify's PredictorLocal drives them: per frame
-kp_detector, normalize_kp with relative motion and adapted scale, generator) and FaceMimic's runtimes (auto, which
-is bf16 on CPUs that have it; onnxruntime and torch, both exact fp32) on the same weights and the same 256x256
-frames, one frame each in turn, in one process; it reports ms per frame, the speed-up over the original, the
-parity of each runtime against the original and against our exact torch path, and a per-stage profile of the frame
-generator (fp32 against bf16). --calibrated sets the random weights' batch-norm statistics from real images so that
+kp_detector, normalize_kp with relative motion and adapted scale, generator) and FaceMimic's runtimes (auto, the
+default: int8 bottleneck on CPUs with bf16 and VNNI, else bf16 where native; bf16; onnxruntime and torch, both exact
+fp32) on the same weights and the same 256x256 frames, one frame each in turn, in one process; it reports ms per
+frame and per stage, the speed-up over the original, the parity of each runtime against the original and against
+our exact torch path, and a per-stage profile of the frame generator (fp32, bf16 and int8). --calibrated sets the random weights' batch-norm statistics from real images so that
 the outputs are structured pictures and the parity figures mean something (torch's default initialisation gives a
 flat grey output).
 """
@@ -233,7 +233,8 @@ def run_one(runtime: str, checkpoint: Path, engines: Path, driver: Path, avatars
 # --------------------------------------------------------------------------------------------------------------------
 
 # Our runtimes in the comparison: (label, backend, precision). auto is the default (bf16 where the CPU has it).
-COMPARED = (("auto", "auto", "auto"), ("onnxruntime", "onnxruntime", "fp32"), ("torch", "torch", "fp32"))
+COMPARED = (("auto", "auto", "auto"), ("bf16", "auto", "bf16"), ("onnxruntime", "onnxruntime", "fp32"),
+            ("torch", "torch", "fp32"))
 
 
 def _driver_frames(driver: Path, count: int, size: int = 256) -> list:
@@ -400,7 +401,8 @@ def compare_with_original(original_path: Path, checkpoint: Path, driver: Path, a
 def profile_generator(checkpoint: Path, avatar: Path, engines: Path, repeats: int = 5) -> dict:
     """Per-stage ms of the frame generator, alternating: the exact float32 port on torch ("fp32": dense motion, warp,
     bottleneck, up blocks, final conv + sigmoid) against the bf16 runtime ("bf16": dense motion + warp on ONNX
-    Runtime, then fomm_fast's bf16 bottleneck, up blocks and final). Minimum and median over `repeats`."""
+    Runtime, then fomm_fast's bf16 bottleneck, up blocks and final) and the int8 one ("int8": the same with
+    fomm_fast's int8 bottleneck, where int8_native()). Minimum and median over `repeats`."""
     import cv2
     import numpy as np
     import torch
@@ -408,11 +410,16 @@ def profile_generator(checkpoint: Path, avatar: Path, engines: Path, repeats: in
     from avatarcam.backends.onnxruntime_runner import OnnxRuntimeRunner
     from avatarcam.generators.fomm import export as fx
     from avatarcam.generators.fomm.export import load_fomm_models
-    from avatarcam.generators.fomm.fast import FommFastDecoder
+    from avatarcam.generators.fomm.fast import FommFastDecoder, int8_native
+    from avatarcam.generators.fomm.reenactor import int8_ranges
 
     models = load_fomm_models(checkpoint)
     exact = models.generator
     decoder = FommFastDecoder(exact, models.image_size)
+    int8 = None
+    if int8_native()[0]:
+        ranges = int8_ranges(models, fx.export_folder(models, engines_dir=engines), lambda _: None)
+        int8 = FommFastDecoder(exact, models.image_size, ranges)
     motion = OnnxRuntimeRunner(onnx_path=fx.ensure_exported(models, engines_dir=engines, names=(fx.FRAME_MOTION,),
                                                             log_line=lambda _: None)[fx.FRAME_MOTION]).open()
     bgr = cv2.resize(cv2.imread(str(avatar)), (models.image_size,) * 2, interpolation=cv2.INTER_AREA)
@@ -424,7 +431,7 @@ def profile_generator(checkpoint: Path, avatar: Path, engines: Path, repeats: in
             x = block(x)
         return x
 
-    samples: dict[str, dict[str, list[float]]] = {"fp32": {}, "bf16": {}}
+    samples: dict[str, dict[str, list[float]]] = {"fp32": {}, "bf16": {}, **({"int8": {}} if int8 else {})}
     with torch.inference_mode():
         features = exact.encode_source(source)
         value, jacobian = models.kp_detector(source)
@@ -446,6 +453,13 @@ def profile_generator(checkpoint: Path, avatar: Path, engines: Path, repeats: in
                 "final": lambda r: torch.sigmoid(decoder.final(r["up_blocks"]).float()),
             },
         }
+        if int8 is not None:
+            stages["int8"] = {
+                "dense_motion+warp (onnxruntime)": lambda r: torch.from_numpy(motion.run(feed)["warped_features"]),
+                "bottleneck": lambda r: int8.bottleneck(r["dense_motion+warp (onnxruntime)"]).to(**low),
+                "up_blocks": lambda r: through(int8.up_blocks, r["bottleneck"]),
+                "final": lambda r: torch.sigmoid(int8.final(r["up_blocks"]).float()),
+            }
         for _ in range(repeats + 1):  # the first round is a warm-up
             for path, steps in stages.items():
                 results: dict = {}
@@ -509,6 +523,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {label} {run['models']}: p50 {run['ms']['p50']} ms/frame, {run['speedup_p50']}x; vs original "
                   f"max |diff| {run['vs_original']['max_abs']:.2e}, PSNR {run['vs_original']['psnr_db']} dB",
                   file=sys.stderr)
+            print("    stages p50 ms: " + ", ".join(f"{k} {v['p50']}" for k, v in run["stages_ms"].items()),
+                  file=sys.stderr)
+        for path, steps in result["generator_stages_ms"].items():
+            print(f"  frame generator {path} (median ms): "
+                  + ", ".join(f"{k} {v['median']}" for k, v in steps.items())
+                  + f"; total {round(sum(v['median'] for v in steps.values()), 1)}", file=sys.stderr)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -61,9 +61,11 @@ KP_DETECTOR = "fomm_kp_detector"
 SOURCE_ENCODER = "fomm_source_encoder"
 FRAME_GENERATOR = "fomm_frame_generator"
 MODEL_NAMES = (KP_DETECTOR, SOURCE_ENCODER, FRAME_GENERATOR)
-# The float32 first half of the frame generator (dense motion + warped encoding), exported only for the bf16 CPU
-# path (fomm_fast), which runs it on ONNX Runtime and the rest of the generator in bf16 on torch.
-FRAME_MOTION = "fomm_frame_motion"
+# The float32 first half of the frame generator (dense motion + warped encoding), exported only for the bf16 / int8
+# CPU paths (fomm_fast), which run it on ONNX Runtime and the rest of the generator on torch. The name carries the
+# graph's version (v2: hourglass up blocks as fomm_fast.UpsampleConvPhases), which the weights key does not see, so
+# an older export in the same folder is never reused.
+FRAME_MOTION = "fomm_frame_motion_v2"
 
 CHECKPOINT_ENV = "FACEMIMIC_FOMM_CHECKPOINT"
 SMOKE_CHECKPOINT = PROJECT_ROOT / "tests" / "fixtures" / "fomm" / "tiny-checkpoint.pth.tar"

@@ -18,6 +18,11 @@ What runs in bf16 and what does not:
   threads lost several times over. The keypoint detector and the per-avatar encoder are not touched (they stay
   exact; the encoder's output is cached per avatar).
 
+int8 (fomm_precision int8, auto's choice on CPUs with VNNI): the bottleneck's convolutions run on torch's int8
+kernels (oneDNN), twice the bf16 multiply rate; see Int8Residual for the scheme and int8_calibration_ranges for the
+calibration. The up blocks and final conv stay bf16. The dense-motion hourglass's up blocks run as
+UpsampleConvPhases (float32, same function), in both modes.
+
 The result is not bit-identical to the float32 port: its tolerance against the exact path is stated and tested in
 tests/test_fomm_fast.py and in the README. `bf16_native()` decides at run time whether the fast path can be used;
 on any other CPU the exact float32 path runs.
@@ -25,10 +30,14 @@ on any other CPU the exact float32 path runs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import platform
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +47,11 @@ from avatarcam.generators.fomm.model import ConvNormReLU, FommGenerator, PreActR
 
 __all__ = [
     "BF16_CPU_FLAGS",
+    "INT8_CPU_FLAGS",
+    "Int8Bottleneck",
+    "Int8Residual",
+    "bottleneck_ranges",
+    "int8_native",
     "FommFastDecoder",
     "FommFastFrameGenerator",
     "FommFrameMotion",
@@ -76,6 +90,25 @@ def bf16_native() -> tuple[bool, str]:
     found = [flag for flag in BF16_CPU_FLAGS if flag in flags]
     if not found:
         return False, f"the CPU has none of {', '.join(BF16_CPU_FLAGS)} (bf16 would be emulated, slower than fp32)"
+    return True, f"CPU flags {', '.join(found)}"
+
+
+# x86 flags of CPUs with 8-bit dot-product instructions (Intel Cascade Lake / Alder Lake and later, AMD Zen 4 and
+# later): oneDNN's int8 convolutions multiply 8-bit pairs at twice the bf16 rate there.
+INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# torch's quantized engine used for the int8 bottleneck (oneDNN; "x86" picks oneDNN or FBGEMM per shape).
+_INT8_ENGINE = "onednn"
+
+
+@functools.lru_cache(maxsize=1)
+def int8_native() -> tuple[bool, str]:
+    """(usable, reason): whether this CPU and torch run the int8 bottleneck natively (the decoder around it also
+    needs bf16_native())."""
+    if _INT8_ENGINE not in torch.backends.quantized.supported_engines:
+        return False, f"torch {torch.__version__} has no {_INT8_ENGINE} quantized engine"
+    found = [flag for flag in INT8_CPU_FLAGS if flag in cpu_flags()]
+    if not found:
+        return False, f"the CPU has none of {', '.join(INT8_CPU_FLAGS)} (int8 convolutions would not be faster)"
     return True, f"CPU flags {', '.join(found)}"
 
 
@@ -130,6 +163,53 @@ class UpsampleConvReLU(nn.Module):
         return F.relu(F.conv_transpose2d(x, self.weight, self.bias, stride=2, padding=1))
 
 
+# Row taps of the same sum for a 2x2 convolution per output phase: phase 0 (row 2i) reads rows i-1, i with weights
+# W0, W1+W2; phase 1 (row 2i+1) reads rows i, i+1 with W0+W1, W2.
+_PHASE_ROWS = (((0,), (1, 2)), ((0, 1), (2,)))
+
+
+class UpsampleConvPhases(nn.Module):
+    """A folded UpBlock (nearest 2x upsampling + 3x3 conv + ReLU) as one 2x2 convolution on the small input that
+    computes the four output phases (row parity x column parity) as four channel groups, then interleaves them.
+
+    2.25x fewer multiplies than convolving the upsampled image, the same function up to float32 re-association of
+    the weight sums, and only standard operators (Conv, Slice, Concat, DepthToSpace), so it exports to ONNX and runs
+    in float32 on ONNX Runtime (used in the dense-motion hourglass, which stays float32).
+    """
+
+    def __init__(self, block: ConvNormReLU) -> None:
+        super().__init__()
+        if not isinstance(block.norm, nn.Identity) or block.conv.kernel_size != (3, 3) or block.conv.padding != (1, 1):
+            raise ValueError("UpsampleConvPhases needs a folded UpBlock (3x3 conv, padding 1, norm folded)")
+        weight = block.conv.weight.detach()
+        kernels = []
+        for rows in _PHASE_ROWS:
+            summed_rows = torch.stack([weight[:, :, list(taps), :].sum(2) for taps in rows], 2)
+            for cols in _PHASE_ROWS:
+                kernels.append(torch.stack([summed_rows[:, :, :, list(taps)].sum(3) for taps in cols], 3))
+        out_channels = weight.shape[0]
+        # Channel order (out channel, row phase, column phase), as pixel_shuffle / DepthToSpace(CRD) expects.
+        self.weight = nn.Parameter(torch.stack(kernels, 1).reshape(out_channels * 4, weight.shape[1], 2, 2),
+                                   requires_grad=False)
+        self.bias = nn.Parameter(block.conv.bias.detach().repeat_interleave(4), requires_grad=False)
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[2], x.shape[3]
+        y = F.relu(F.conv2d(x, self.weight, self.bias, padding=1))  # (B, 4C, H+1, W+1); phase (p, q) at offset p, q
+        groups = y.unflatten(1, (self.out_channels, 4))
+        phases = [groups[:, :, 2 * p + q, p:p + height, q:q + width] for p in (0, 1) for q in (0, 1)]
+        return F.pixel_shuffle(torch.stack(phases, 2).flatten(1, 2), 2)
+
+
+def _phased_dense_motion(network: nn.Module) -> nn.Module:
+    """A copy of an eval-mode DenseMotionNetwork whose hourglass up blocks are folded UpsampleConvPhases."""
+    network = copy.deepcopy(network)
+    decoder = network.hourglass.decoder
+    decoder.up_blocks = nn.ModuleList(UpsampleConvPhases(block) for block in _folded(decoder.up_blocks))
+    return network
+
+
 def _transposed_up_blocks(blocks: nn.ModuleList, input_sides: list[int]) -> nn.ModuleList:
     """Folded up blocks, each replaced by UpsampleConvReLU where its input is at least _MIN_TRANSPOSED_SIDE wide."""
     return nn.ModuleList(
@@ -139,6 +219,136 @@ def _transposed_up_blocks(blocks: nn.ModuleList, input_sides: list[int]) -> nn.M
 
 def _to_bf16(module: nn.Module) -> nn.Module:
     return module.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------------------------------------- int8 bottleneck
+
+ChannelRanges = tuple[Tensor, Tensor, Tensor]
+"""Per bottleneck block, float32 (C,) channel maxima of: conv1's input (after norm1 + ReLU), conv1's output (after
+the folded norm2 + ReLU) and |conv2's output|."""
+
+
+def bottleneck_ranges(bottleneck: nn.Sequential, inputs: list[Tensor]) -> list[ChannelRanges]:
+    """Channel ranges of every block of a folded float32 bottleneck (`_folded`), maxima over all `inputs`.
+
+    inputs: warped features (B, F, h, w) float32, what the bottleneck sees (e.g. FommFrameMotion's output).
+    """
+    ranges: list[ChannelRanges] | None = None
+    with torch.inference_mode():
+        for x in inputs:
+            seen = []
+            for block in bottleneck:
+                a = F.relu(block.norm1(x))
+                b = F.relu(block.conv1(a))
+                c = block.conv2(b)
+                seen.append(tuple(v.abs().amax(dim=(0, 2, 3)) for v in (a, b, c)))
+                x = x + c
+            ranges = seen if ranges is None else [
+                tuple(torch.maximum(old, new) for old, new in zip(before, now)) for before, now in zip(ranges, seen)
+            ]
+    if ranges is None:
+        raise ValueError("bottleneck_ranges needs at least one input")
+    return ranges
+
+
+@contextlib.contextmanager
+def _quiet_quantization() -> Iterator[None]:
+    """torch 2.13 warns (once per process) on quantized-tensor creation that the API will be deprecated; torch is
+    pinned exactly (pyproject), so the warning tells a user nothing. Silenced around weight quantisation, which runs
+    before any per-frame call (warnings.catch_warnings is not thread-safe, so never per frame)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.quantize_per_tensor", category=UserWarning)
+        yield
+
+
+def _prepacked_int8_conv(weight: Tensor, bias: Tensor) -> Any:
+    """A 3x3, padding-1 convolution prepacked for torch's int8 kernels: symmetric int8 weights with one scale per
+    output channel (max |w| / 127), float32 bias."""
+    scales = (weight.abs().amax(dim=(1, 2, 3)).clamp_min(1e-12) / 127).double()
+    with _quiet_quantization():
+        qweight = torch.quantize_per_channel(weight.float(), scales, torch.zeros(len(scales), dtype=torch.long), 0,
+                                             torch.qint8)
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = _INT8_ENGINE
+    try:
+        return torch.ops.quantized.conv2d_prepack(qweight, bias.float(), [1, 1], [1, 1], [1, 1], 1)
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+class Int8Residual(nn.Module):
+    """A folded PreActResidual with 8-bit convolutions: x + g * conv2(relu(conv1(q(relu(s * x + t))))).
+
+    - weights: int8, one scale per output channel; activations: uint8 / int8, one scale per tensor. conv1's input
+      scale is taken from each frame (its max / 255, never clipped); conv1's and conv2's output scales are fixed
+      from calibration `ranges` (values beyond the calibrated maxima saturate). The residual sum stays float32.
+    - cross-layer equalisation (Nagel et al. 2019, "Data-Free Quantization Through Weight Equalization and Bias
+      Correction", section 4.1): a positive per-channel factor moved from a ReLU's output into the next
+      convolution's input channels is exact algebra (ReLU commutes with positive scaling); chosen as
+      sqrt(activation range / weight range) it evens out the channels so that one 8-bit scale per tensor loses
+      little on channels with small values. conv2's output channels are divided by their range and multiplied
+      back in float32 (g) after dequantisation.
+    """
+
+    def __init__(self, block: PreActResidual, ranges: ChannelRanges) -> None:
+        super().__init__()
+        if not isinstance(block.norm2, nn.Identity):
+            raise ValueError("Int8Residual needs a folded block (norm2 folded into conv1, see _folded)")
+        norm = block.norm1
+        with torch.no_grad():
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            shift = norm.bias - norm.running_mean * scale
+            w1, b1 = block.conv1.weight.detach().clone(), block.conv1.bias.detach().clone()
+            w2, b2 = block.conv2.weight.detach().clone(), block.conv2.bias.detach().clone()
+            a_range, b_range, c_range = (r.float().clamp_min(1e-6) for r in ranges)
+            e = torch.sqrt(a_range / w1.abs().amax(dim=(0, 2, 3)).clamp_min(1e-12))  # conv1 input channels
+            scale, shift, w1 = scale / e, shift / e, w1 * e.view(1, -1, 1, 1)
+            f = torch.sqrt(b_range / w2.abs().amax(dim=(0, 2, 3)).clamp_min(1e-12))  # conv1 out = conv2 in
+            w1, b1, w2, b2_range = w1 / f.view(-1, 1, 1, 1), b1 / f, w2 * f.view(1, -1, 1, 1), b_range / f
+            w2, b2 = w2 / c_range.view(-1, 1, 1, 1), b2 / c_range  # conv2 output channels to range 1
+        self.register_buffer("scale", scale.view(1, -1, 1, 1).contiguous())
+        self.register_buffer("shift", shift.view(1, -1, 1, 1).contiguous())
+        self.register_buffer("gain", c_range.view(1, -1, 1, 1).contiguous())
+        self.conv1 = _prepacked_int8_conv(w1, b1)
+        self.conv2 = _prepacked_int8_conv(w2, b2)
+        self.conv1_out_scale = float(b2_range.max()) / 255  # uint8 after the ReLU
+        self.conv2_out_scale = 1.0 / 127  # int8 range as uint8 with zero point 128
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, h, w) float32 (channels-last preferred) -> same shape, float32."""
+        a = torch.addcmul(self.shift, x, self.scale).relu_()
+        # No warning here: torch warns once per process, and that once was silenced in _prepacked_int8_conv.
+        qa = torch.quantize_per_tensor(a, max(float(a.max()), 1e-8) / 255, 0, torch.quint8)
+        b = torch.ops.quantized.conv2d_relu(qa, self.conv1, self.conv1_out_scale, 0)
+        c = torch.ops.quantized.conv2d(b, self.conv2, self.conv2_out_scale, 128)
+        return torch.addcmul(x, c.dequantize(), self.gain)
+
+
+class Int8Bottleneck(nn.Sequential):
+    """The generator's bottleneck as Int8Residual blocks: (B, F, h, w) float32 -> float32, channels-last."""
+
+    def __init__(self, bottleneck: nn.Sequential, ranges: list[ChannelRanges]) -> None:
+        if len(ranges) != len(bottleneck):
+            raise ValueError(f"Int8Bottleneck: {len(ranges)} calibration ranges for {len(bottleneck)} blocks")
+        super().__init__(*(Int8Residual(block, r) for block, r in zip(bottleneck, ranges)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.float().contiguous(memory_format=torch.channels_last))
+
+
+def int8_calibration_ranges(generator: FommGenerator, kp_detector: nn.Module,
+                            images: list[Tensor]) -> list[ChannelRanges]:
+    """Bottleneck channel ranges of each image animated by its own keypoints (identity motion), float32.
+
+    images: (1, C, H, W) float32 RGB in [0, 1] at the model's input size (e.g. the built-in avatars).
+    """
+    motion = FommFrameMotion(generator)
+    warped = []
+    with torch.inference_mode():
+        for image in images:
+            value, jacobian = kp_detector(image)
+            warped.append(motion(image, generator.encode_source(image), value, jacobian, value, jacobian))
+    return bottleneck_ranges(_folded(generator.bottleneck), warped)
 
 
 class FommFrameMotion(nn.Module):
@@ -151,6 +361,9 @@ class FommFrameMotion(nn.Module):
     def __init__(self, generator: FommGenerator) -> None:
         super().__init__()
         self.generator = generator
+        # In eval mode the hourglass's up blocks run as UpsampleConvPhases (batch norms folded: eval mode only).
+        self.dense_motion = generator.dense_motion_network if generator.training else _phased_dense_motion(
+            generator.dense_motion_network)
         self.train(generator.training)  # a new module starts in training mode; see fomm_model.FommSourceEncoder
 
     def forward(
@@ -162,7 +375,7 @@ class FommFrameMotion(nn.Module):
         kp_driving_value: Tensor,
         kp_driving_jacobian: Tensor,
     ) -> Tensor:
-        deformation, occlusion_map, _ = self.generator.dense_motion_network(
+        deformation, occlusion_map, _ = self.dense_motion(
             source_image, kp_source_value, kp_source_jacobian, kp_driving_value, kp_driving_jacobian
         )
         return self.generator.warped_features(source_features, deformation, occlusion_map)
@@ -171,15 +384,19 @@ class FommFrameMotion(nn.Module):
 class FommFastDecoder(nn.Module):
     """The bf16 second half: warped_features (B, F, h, w) float32 -> prediction (B, 3, H, W) float32 in [0, 1].
 
-    Batch norms folded, channels-last bfloat16, up blocks as transposed convolutions; weights are copies, so the
-    float32 generator may be freed.
+    Batch norms folded, channels-last bfloat16, up blocks as transposed convolutions; with int8_ranges the
+    bottleneck is an Int8Bottleneck (float32 in and out, int8 convolutions). Weights are copies, so the float32
+    generator may be freed.
     """
 
-    def __init__(self, generator: FommGenerator, image_size: int = 256) -> None:
+    def __init__(self, generator: FommGenerator, image_size: int = 256,
+                 int8_ranges: list[ChannelRanges] | None = None) -> None:
         super().__init__()
         if generator.training:
             raise ValueError("FommFastDecoder folds batch norms: pass a generator in eval mode")
-        self.bottleneck = _to_bf16(_folded(generator.bottleneck))
+        folded = _folded(generator.bottleneck)
+        self.int8 = int8_ranges is not None
+        self.bottleneck = Int8Bottleneck(folded, int8_ranges) if int8_ranges is not None else _to_bf16(folded)
         feature_side = image_size // 2**generator.config.generator.num_down_blocks
         self.up_blocks = _to_bf16(_transposed_up_blocks(
             _folded(generator.up_blocks), [feature_side * 2**i for i in range(len(generator.up_blocks))]
@@ -188,7 +405,10 @@ class FommFastDecoder(nn.Module):
         self.eval().requires_grad_(False)
 
     def forward(self, warped_features: Tensor) -> Tensor:
-        out = self.bottleneck(warped_features.to(dtype=torch.bfloat16, memory_format=torch.channels_last))
+        if self.int8:
+            out = self.bottleneck(warped_features).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+        else:
+            out = self.bottleneck(warped_features.to(dtype=torch.bfloat16, memory_format=torch.channels_last))
         for block in self.up_blocks:
             out = block(out)
         return torch.sigmoid(self.final(out).float()).contiguous()
@@ -197,10 +417,11 @@ class FommFastDecoder(nn.Module):
 class FommFastFrameGenerator(nn.Module):
     """`FommFrameGenerator` (same inputs, prediction only) as FommFrameMotion (float32) + FommFastDecoder (bf16)."""
 
-    def __init__(self, generator: FommGenerator, image_size: int = 256) -> None:
+    def __init__(self, generator: FommGenerator, image_size: int = 256,
+                 int8_ranges: list[ChannelRanges] | None = None) -> None:
         super().__init__()
         self.motion = FommFrameMotion(generator)
-        self.decoder = FommFastDecoder(generator, image_size)
+        self.decoder = FommFastDecoder(generator, image_size, int8_ranges)
         self.eval()
 
     def forward(

@@ -58,7 +58,7 @@ from avatarcam.generators.common.crop import (
 from avatarcam.generators.common.runtime import LockedRunner, gpu_runs, needs_onnx, runtime_label
 from avatarcam.generators.common.triton import record_round_trip, triton_settings
 from avatarcam.motion import MotionSettings
-from avatarcam.paths import ENGINES_DIR, PROJECT_ROOT
+from avatarcam.paths import AVATARS_DIR, ENGINES_DIR, PROJECT_ROOT
 from avatarcam.types import Observed
 
 __all__ = [
@@ -101,9 +101,14 @@ TENSORRT_PRECISIONS = {
 }
 
 # generator.fomm_precision: fp32 is the exact port everywhere; bf16 runs the CPU frame generator's convolution stacks
-# in bfloat16 (fomm_fast, CPUs with native bf16 only); auto picks bf16 when the frame generator runs on a CPU that has
-# it and fp32 otherwise (GPUs use TENSORRT_PRECISIONS).
-PRECISIONS = ("auto", "fp32", "bf16")
+# in bfloat16 (fomm_fast, CPUs with native bf16 only); int8 is bf16 with the bottleneck's convolutions in 8 bits
+# (fomm_fast.Int8Bottleneck, CPUs with native bf16 and VNNI); auto picks int8, else bf16, when the frame generator
+# runs on a CPU that has them, and fp32 otherwise (GPUs use TENSORRT_PRECISIONS).
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+# Images whose identity-motion activations set the int8 bottleneck's fixed output scales (the built-in avatars);
+# the ranges are cached per checkpoint in its engines folder.
+INT8_CALIBRATION_AVATARS = ("astronaut.png", "astronaut_cartoon.png", "astronaut_painting.png", "astronaut_sketch.png")
+_INT8_CACHE_VERSION = 1
 
 _NOT_SHIPPED = (
     "Avatarify users usually have vox-adv-cpk.pth.tar (or vox-cpk.pth.tar) in their avatarify folder; FaceMimic never "
@@ -207,8 +212,8 @@ class FommSettings:
     fomm_config: Path | None = None
     """FOMM's own YAML (generator.fomm_config), e.g. first-order-model/config/vox-adv-256.yaml; None: from shapes."""
     precision: str = "auto"
-    """Frame generator on CPU (generator.fomm_precision): fp32 (exact), bf16 (fomm_fast), auto (bf16 if native and
-    backend is auto)."""
+    """Frame generator on CPU (generator.fomm_precision): fp32 (exact), bf16 (fomm_fast), int8 (bf16 with an 8-bit
+    bottleneck), auto (int8, else bf16, if native and backend is auto)."""
     cpu_runtimes: dict[str, str] = field(default_factory=lambda: dict(CPU_RUNTIMES))
     tensorrt_precisions: dict[str, str] = field(default_factory=lambda: dict(TENSORRT_PRECISIONS))
     triton: Any = None
@@ -227,10 +232,10 @@ class FommSettings:
             raise ConfigError(
                 f"generator.fomm_precision {self.precision!r} is not one of {', '.join(PRECISIONS)}"
             )
-        if self.precision == "bf16" and self.backend not in ("auto", "torch"):
+        if self.precision in ("bf16", "int8") and self.backend not in ("auto", "torch"):
             raise ConfigError(
-                f"generator.fomm_precision bf16 runs the frame generator on torch, but generator.backend is "
-                f"{self.backend!r}: use backend auto or torch, or fomm_precision fp32 / auto"
+                f"generator.fomm_precision {self.precision} runs the frame generator on torch, but "
+                f"generator.backend is {self.backend!r}: use backend auto or torch, or fomm_precision fp32 / auto"
             )
         if self.canvas_size < 64:
             raise ConfigError(f"generator.canvas_size {self.canvas_size} is too small: expected at least 64")
@@ -327,12 +332,13 @@ class FommMotionControls:
 
 
 def generator_precision(settings: FommSettings, hardware: Any, log_line: Callable[[str], None] = log.info) -> str:
-    """'bf16' if the frame generator runs fomm_fast's bf16 path on this CPU, else 'fp32'; see FommSettings.precision.
+    """'int8' or 'bf16' if the frame generator runs that fomm_fast path on this CPU, else 'fp32'; see
+    FommSettings.precision.
 
-    auto means bf16 only for backend auto on a CPU with native bf16 (else fp32, saying why when the CPU is the reason);
-    an explicit bf16 that cannot run natively is an EngineError with the reason and the fix.
+    auto means int8, else bf16, only for backend auto on a CPU that runs it natively (else fp32, saying why when the
+    CPU is the reason); an explicit bf16 or int8 that cannot run natively is an EngineError with the reason and the fix.
     """
-    from avatarcam.generators.fomm.fast import bf16_native
+    from avatarcam.generators.fomm.fast import bf16_native, int8_native
 
     if settings.precision == "fp32":
         return "fp32"
@@ -340,16 +346,25 @@ def generator_precision(settings: FommSettings, hardware: Any, log_line: Callabl
         return "fp32"  # a named backend runs the exported fp32 graphs, as it always did
     if gpu_runs(settings.backend, hardware):
         raise EngineError(
-            f"generator.fomm_precision bf16 is a CPU path, but backend {settings.backend!r} runs on the GPU here: "
-            f"use fomm_precision auto (TensorRT fp16 / CUDA) or backend onnxruntime on CPU with fp32"
+            f"generator.fomm_precision {settings.precision} is a CPU path, but backend {settings.backend!r} runs on "
+            f"the GPU here: use fomm_precision auto (TensorRT fp16 / CUDA) or backend onnxruntime on CPU with fp32"
         )
     usable, reason = bf16_native()
+    if usable and settings.precision in ("auto", "int8"):
+        usable, reason = int8_native()
+        if usable or settings.precision == "int8":
+            precision = "int8"
+        else:
+            usable, reason, precision = True, f"bf16 only: {reason}", "bf16"
+    else:
+        precision = "bf16"
     if usable:
-        log_line(f"fomm_frame_generator: bf16 on CPU ({reason}); --fomm-precision fp32 gives the exact path")
-        return "bf16"
-    if settings.precision == "bf16":
+        log_line(f"fomm_frame_generator: {precision} on CPU ({reason}); --fomm-precision fp32 gives the exact path")
+        return precision
+    if settings.precision != "auto":
         raise EngineError(
-            f"generator.fomm_precision bf16 was requested but {reason}: use fomm_precision auto or fp32 on this CPU"
+            f"generator.fomm_precision {settings.precision} was requested but {reason}: use fomm_precision auto or "
+            f"fp32 on this CPU"
         )
     log_line(f"fomm_frame_generator: fp32 ({reason})")
     return "fp32"
@@ -368,7 +383,7 @@ class FommRuntime:
         hardware = detect_hardware() if hardware is None else hardware
         ios = fx.model_io(models)
         self.precision = generator_precision(settings, hardware, log_line)
-        fast = {fx.FRAME_GENERATOR} if self.precision == "bf16" else set()
+        fast = {fx.FRAME_GENERATOR} if self.precision in ("bf16", "int8") else set()
         needs = tuple(n for n in fx.MODEL_NAMES
                       if n not in fast and needs_onnx(settings.backend, settings.cpu_runtimes[n], hardware))
         if fast and hardware.onnxruntime_available:
@@ -383,7 +398,7 @@ class FommRuntime:
                 if name in fast:
                     runners[name] = LockedRunner(_SplitGenerator(
                         models, ios, onnx_path=paths.get(fx.FRAME_MOTION), folder=folder, hardware=hardware,
-                        log_line=log_line,
+                        log_line=log_line, int8=self.precision == "int8",
                     ))
                     log_line(f"{name}: using {runners[name].label}")
                     continue
@@ -450,12 +465,55 @@ def _project_path(value: str | Path | None) -> Path | None:
     return PROJECT_ROOT / path if not path.is_absolute() and not path.exists() else path
 
 
+def int8_ranges(models: Any, folder: Path, log_line: Callable[[str], None] = log.info,
+                avatars_dir: Path = AVATARS_DIR) -> list:
+    """The int8 bottleneck's calibration (fomm_fast.int8_calibration_ranges) on the built-in avatars, cached.
+
+    Cached as int8-ranges-<size>.npz in the checkpoint's engines folder (which is per weights hash); recomputed when
+    the file is missing, unreadable or made from other images. Raises EngineError if no calibration image exists.
+    """
+    import torch
+
+    from avatarcam.generators.fomm.fast import int8_calibration_ranges
+
+    images = [avatars_dir / name for name in INT8_CALIBRATION_AVATARS if (avatars_dir / name).is_file()]
+    if not images:
+        raise EngineError(
+            f"the int8 FOMM generator calibrates on the built-in avatars ({', '.join(INT8_CALIBRATION_AVATARS)}) but "
+            f"none is in {avatars_dir}: restore them (git checkout avatars/) or use --fomm-precision bf16"
+        )
+    size = models.image_size
+    key = f"v{_INT8_CACHE_VERSION} {size} " + " ".join(p.name for p in images)
+    cache = folder / f"int8-ranges-{size}.npz"
+    try:
+        with np.load(cache, allow_pickle=False) as data:
+            if str(data["key"]) == key:
+                blocks = int(data["blocks"])
+                return [tuple(torch.from_numpy(data[f"r{i}_{part}"]) for part in "abc") for i in range(blocks)]
+    except (OSError, KeyError, ValueError):
+        pass
+    log_line(f"fomm_frame_generator: calibrating the int8 bottleneck on {len(images)} built-in avatars (once)")
+    tensors = []
+    for path in images:
+        square = cv2.resize(read_image(path), (size, size), interpolation=cv2.INTER_AREA)
+        tensors.append(torch.from_numpy(bgr_to_model_input(square, np.empty((1, 3, size, size), np.float32))))
+    ranges = int8_calibration_ranges(models.generator, models.kp_detector, tensors)
+    arrays = {f"r{i}_{part}": r.numpy() for i, block in enumerate(ranges) for part, r in zip("abc", block)}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, key=np.array(key), blocks=np.array(len(ranges)), **arrays)
+    except OSError as exc:
+        log_line(f"fomm_frame_generator: could not cache the int8 calibration in {cache}: {exc}")
+    return ranges
+
+
 class _SplitGenerator:
-    """The bf16 frame generator: fomm_fast.FommFrameMotion (float32, ONNX Runtime, else torch), then
-    fomm_fast.FommFastDecoder (bf16, torch). Runner-shaped: name, label, run(inputs) -> {'prediction': ...}, close()."""
+    """The bf16 (or int8-bottleneck) frame generator: fomm_fast.FommFrameMotion (float32, ONNX Runtime, else torch),
+    then fomm_fast.FommFastDecoder (bf16, torch). Runner-shaped: name, label, run(inputs) -> {'prediction': ...},
+    close()."""
 
     def __init__(self, models: Any, ios: dict[str, Any], *, onnx_path: Path | None, folder: Path, hardware: Any,
-                 log_line: Callable[[str], None]) -> None:
+                 log_line: Callable[[str], None], int8: bool = False) -> None:
         from avatarcam.backends.base import ModelIO, TensorSpec
         from avatarcam.backends.selection import ModelSpec, open_backend
         from avatarcam.backends.torch_runner import TorchRunner
@@ -473,8 +531,10 @@ class _SplitGenerator:
         decoder_io = ModelIO(inputs=(TensorSpec(name=warped.name, shape=warped.shape, dtype="float32"),),
                              outputs=ios[fx.FRAME_GENERATOR].outputs)
         size = models.image_size
+        self.precision = "int8" if int8 else "bf16"
         try:
-            self.decoder = TorchRunner(module=lambda: FommFastDecoder(models.generator, size), io=decoder_io,
+            ranges = int8_ranges(models, folder, log_line) if int8 else None
+            self.decoder = TorchRunner(module=lambda: FommFastDecoder(models.generator, size, ranges), io=decoder_io,
                                        device="cpu", name="fomm_fast_decoder").open()
         except BaseException:
             self.motion.close()
@@ -482,8 +542,8 @@ class _SplitGenerator:
 
     @property
     def label(self) -> str:
-        """e.g. 'onnxruntime-cpu+torch-cpu-bf16'."""
-        return f"{self.motion.label}+{self.decoder.label}-bf16"
+        """e.g. 'onnxruntime-cpu+torch-cpu-bf16' or '...-int8' (int8 bottleneck, bf16 up blocks)."""
+        return f"{self.motion.label}+{self.decoder.label}-{self.precision}"
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         warped = self.motion.run(inputs)["warped_features"]
