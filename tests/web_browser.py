@@ -82,6 +82,11 @@ class Namespace:
             ["ip", "netns", "add", self.name],
             ["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if],
             ["ip", "link", "set", self.ns_if, "netns", self.name],
+            # No IPv6 on either end: its addresses appear a second or two after the link comes up (duplicate address
+            # detection), which Chromium reports as a network change (ERR_NETWORK_CHANGED) on a page loading then.
+            ["sysctl", "-q", "-w", f"net.ipv6.conf.{self.host_if}.disable_ipv6=1"],
+            ["ip", "netns", "exec", self.name, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"],
+            ["ip", "netns", "exec", self.name, "sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1"],
             ["ip", "addr", "add", f"{self.host_ip}/24", "dev", self.host_if],
             ["ip", "link", "set", self.host_if, "up"],
             ["ip", "netns", "exec", self.name, "ip", "addr", "add", f"{self.ns_ip}/24", "dev", self.ns_if],
@@ -191,9 +196,19 @@ class Chromium:
         return reply.get("result", {})
 
     def open(self, url: str) -> Tab:
+        """A new tab at `url`. A page that Chromium aborted with ERR_NETWORK_CHANGED (its network watcher seeing the
+        test's namespace settle, not anything the server did) is loaded again, up to three times."""
         target = self.send("Target.createTarget", {"url": url})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        return Tab(self, target, session)
+        tab = Tab(self, target, session)
+        for _ in range(3):
+            text = tab.wait_for("document.readyState === 'complete' && (document.body.innerText || ' ')", 20)
+            if "ERR_NETWORK_CHANGED" not in text:
+                break
+            time.sleep(1.0)
+            self.send("Page.reload", {}, session=session)
+            time.sleep(0.5)  # the aborted page stays "complete" until the reload replaces it
+        return tab
 
     def close(self) -> None:
         try:
