@@ -318,7 +318,9 @@ class Int8Residual(nn.Module):
         """(B, C, h, w) float32 (channels-last preferred) -> same shape, float32."""
         a = torch.addcmul(self.shift, x, self.scale).relu_()
         # No warning here: torch warns once per process, and that once was silenced in _prepacked_int8_conv.
-        qa = torch.quantize_per_tensor(a, max(float(a.max()), 1e-8) / 255, 0, torch.quint8)
+        # amax, not max: on a channels-last tensor torch 2.13's full max() takes a slow strided path (about 2 ms
+        # per block on one core against 0.06 ms, measured in one process; same value, so bit-identical output).
+        qa = torch.quantize_per_tensor(a, max(float(a.amax()), 1e-8) / 255, 0, torch.quint8)
         b = torch.ops.quantized.conv2d_relu(qa, self.conv1, self.conv1_out_scale, 0)
         c = torch.ops.quantized.conv2d(b, self.conv2, self.conv2_out_scale, 128)
         return torch.addcmul(x, c.dequantize(), self.gain)
