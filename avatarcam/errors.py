@@ -25,6 +25,12 @@ class EngineError(FaceMimicError):
     """An inference runtime or engine could not be selected, built or run."""
 
 
+class EngineUnavailable(EngineError):
+    """A remote runtime cannot be reached for now (a Triton server that went away): the frame fails, the outputs keep
+    the last good picture and the runner reconnects by itself, so this never counts towards a worker's limit of
+    failures in a row."""
+
+
 class HotkeyError(FaceMimicError):
     """A hotkey binding is malformed or names an unknown command."""
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from avatarcam.avatars import Avatar, load_avatar, scan_folder
 from avatarcam.commands import Command, SelectAvatar, as_render_request
-from avatarcam.errors import AvatarError
+from avatarcam.errors import AvatarError, EngineUnavailable
 from avatarcam.generators import output_shape
 from avatarcam.generators.base import Reenactor
 from avatarcam.handoff import LatestSlot
@@ -35,7 +35,13 @@ from avatarcam.workers import RateLimitedLog, TaskWorker, Worker
 log = logging.getLogger(__name__)
 
 # A worker that fails this many frames in a row is broken, not unlucky: its error is raised in the main thread.
+# EngineUnavailable (a remote runtime reconnecting) is not counted: the outputs hold the last frame until it is back.
 MAX_CONSECUTIVE_FAILURES = 100
+
+
+def counts_towards_failure_limit(exc: BaseException) -> bool:
+    """Whether a failed frame counts towards MAX_CONSECUTIVE_FAILURES (False for a runtime that is reconnecting)."""
+    return not isinstance(exc, EngineUnavailable)
 
 
 class LandmarkWorker(Worker):
@@ -359,7 +365,7 @@ class RenderWorker(Worker):
             else:
                 self.reenactor.render(prepared, observed, self._neutral, now_s, out, stage_ms)
         except Exception as exc:
-            self._failures_in_a_row += 1
+            self._failures_in_a_row += counts_towards_failure_limit(exc)
             self.render_failures += 1
             self._warn("rendering frame %d failed: %s", observed.frame.index, exc)
             if self._failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:

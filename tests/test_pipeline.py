@@ -130,3 +130,34 @@ def test_a_failing_frame_does_not_stop_the_feed(live, monkeypatch):
         seq, rendered = _next(worker, seq)
     assert worker.render_failures >= 2
     worker.raise_if_failed()  # per-frame failures are counted, not fatal
+
+
+def test_a_reconnecting_runtime_never_stops_the_feed(live, monkeypatch):
+    """A remote runtime that is away (EngineUnavailable, e.g. a Triton server restarting) fails frames for as long as
+    it takes; unlike other errors those do not count towards the limit of failures in a row, and frames flow again
+    when it is back. (Before: the 100th such frame, about 4 s at 25 fps, stopped the render thread.)"""
+    import avatarcam.pipeline as pipeline
+    from avatarcam.errors import EngineUnavailable
+
+    worker = live["worker"]
+    seq, _ = _next(worker, 0)
+    monkeypatch.setattr(pipeline, "MAX_CONSECUTIVE_FAILURES", 3)
+    original = worker.reenactor.render
+    calls = {"n": 0}
+    away_for = 12  # four times the (lowered) limit
+
+    def away_then_back(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= away_for:
+            raise EngineUnavailable("cannot reach the Triton server [retry 1 in 0.5 s]")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(worker.reenactor, "render", away_then_back)
+    deadline = time.monotonic() + 10
+    while calls["n"] <= away_for and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert calls["n"] > away_for, "the render thread stopped asking the runtime"
+    seq, rendered = _next(worker, seq)  # frames flow again
+    worker.raise_if_failed()
+    assert worker.render_failures >= away_for
+    assert pipeline.counts_towards_failure_limit(RuntimeError("x"))  # any other error still counts

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from avatarcam.backends.base import ModelIO, Runner, TensorSpec, shape_text
-from avatarcam.errors import ConfigError, EngineError
+from avatarcam.errors import ConfigError, EngineError, EngineUnavailable
 
 INSTALL_HINT = "install it with `pip install \"tritonclient[grpc]\"` (or `pip install -e .[triton]`)"
 TOKEN_KEY = "triton-access-token"
@@ -236,6 +236,7 @@ class TritonRunner(Runner):
         except InferenceServerException as exc:
             if _status(exc) in _CONNECTION_CODES and "restricted" not in _first_line(exc).lower():
                 self._back_off(self._explain(exc, doing))
+                raise EngineUnavailable(self._explain(exc, doing)) from exc
             raise EngineError(self._explain(exc, doing)) from exc
 
     def _served_io(self) -> ModelIO:
@@ -319,7 +320,7 @@ class TritonRunner(Runner):
             return
         wait_s = self._retry_at - self._clock()
         if wait_s > 0:
-            raise EngineError(f"{self._last_problem} [retry {self._failures} in {wait_s:.1f} s]")
+            raise EngineUnavailable(f"{self._last_problem} [retry {self._failures} in {wait_s:.1f} s]")
         self._client = self._connect()
         served = self._served_io()  # the server may have come back with other models
         if served != self.io:

@@ -25,7 +25,7 @@ from avatarcam.generators.base import Reenactor
 from avatarcam.handoff import LatestSlot
 from avatarcam.landmarks import FaceLandmarker
 from avatarcam.motion import REGIONS, Calibrator
-from avatarcam.pipeline import MAX_CONSECUTIVE_FAILURES, passthrough_canvas
+from avatarcam.pipeline import MAX_CONSECUTIVE_FAILURES, counts_towards_failure_limit, passthrough_canvas
 from avatarcam.types import FaceObservation, Frame, Observed
 from avatarcam.workers import RateLimitedLog, Worker
 
@@ -321,7 +321,7 @@ class ClientSession(Worker):
                 self.reenactor.render(self._prepared, observed, self._neutral, time_s, self._canvas)
         except Exception as exc:
             self.render_failures += 1
-            self._failures_in_a_row += 1
+            self._failures_in_a_row += counts_towards_failure_limit(exc)
             self._warn("session %s: rendering failed: %s", self.session_id[:6], exc)
             if self._failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
                 raise
