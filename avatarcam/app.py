@@ -98,9 +98,7 @@ class App:
         """True while the bundled sample clip stands in for a missing webcam (the preview says DEMO)."""
         self.show_help = False
         self._notice: tuple[str, float] = ("", 0.0)
-        badge = config.output.badge
-        self.badge = DisclosureBadge(enabled=badge == "on" or (badge == "auto"
-                                                               and family(config.generator.model).draws_on_frame))
+        self.badge = DisclosureBadge.for_output(config.output.badge, family(config.generator.model).draws_on_frame)
         """The "virtual avatar" label on the virtual camera and recordings (output.badge; the badge hotkey)."""
         # The app's command table; every other command goes to the render worker's table.
         self._actions: dict[Command, Callable[[], Any]] = {

@@ -17,6 +17,7 @@ examples:
   python run.py                                   webcam 0 -> default avatar -> preview + "FaceMimic Camera"
   python run.py --source clip.mp4 --avatar avatars/astronaut.png
   python run.py --model fomm --checkpoint ~/avatarify/vox-adv-cpk.pth.tar
+  python run.py --model swap                      face swap: your camera picture with the avatar's face on yours
   python run.py --set motion.smoothing=0.6 --set vcam.fit=fill
   python run.py --serve                           the page http://127.0.0.1:8080/ for browsers (WebRTC)
   python run.py --check                           self-test of camera, landmark model and virtual camera
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser; every flag maps onto a config.yaml key (flags win)."""
     prog = program_name()
     p = argparse.ArgumentParser(
-        prog=prog, description="FaceMimic: your webcam drives a portrait, published as the 'FaceMimic Camera'.",
+        prog=prog, description="FaceMimic: your webcam drives a portrait (or, with --model swap, wears its "
+                    "face), published as the 'FaceMimic Camera'.",
         epilog=EPILOG if prog == "run.py" else EPILOG.replace("python run.py", prog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

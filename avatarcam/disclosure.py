@@ -71,6 +71,12 @@ def show_first_start_notice(*, folder: Path | None = None, stream: TextIO | None
 class DisclosureBadge:
     """Stamps a small "virtual avatar" label in the bottom-left corner of outgoing frames while enabled."""
 
+    @classmethod
+    def for_output(cls, badge: str, draws_on_frame: bool) -> DisclosureBadge:
+        """The badge as output.badge says: "on", "off", or "auto" (on when the generator draws on the camera
+        picture, i.e. face swap)."""
+        return cls(enabled=badge == "on" or (badge == "auto" and draws_on_frame))
+
     def __init__(self, *, enabled: bool, text: str = BADGE_TEXT) -> None:
         self.enabled = enabled
         self.text = text

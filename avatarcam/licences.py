@@ -15,8 +15,8 @@ class ModelLicence:
     terms: str
     """Licence of the code and of the weights, as their publishers state them."""
     source: str
-    shipped: bool
-    """True when FaceMimic's install fetches it; False when the user brings the weights."""
+    obtained: str
+    """How it gets onto the machine: fetched by the installer, part of FaceMimic, or the user's own download."""
 
 
 MODEL_LICENCES: tuple[ModelLicence, ...] = (
@@ -25,14 +25,14 @@ MODEL_LICENCES: tuple[ModelLicence, ...] = (
         used_by="every mode (face landmarks, avatar preparation)",
         terms="Apache-2.0 (Google's model card and the MediaPipe repository)",
         source="https://storage.googleapis.com/mediapipe-models/face_landmarker/",
-        shipped=True,
+        obtained="fetched by tools/install.py",
     ),
     ModelLicence(
         name="FaceMimic mesh and swap generators",
         used_by="mesh, swap",
         terms="no trained weights: geometry on MediaPipe's landmarks, part of FaceMimic's own code",
         source="avatarcam/generators/mesh, avatarcam/generators/swap",
-        shipped=True,
+        obtained="part of FaceMimic",
     ),
     ModelLicence(
         name="First Order Motion Model checkpoints (vox-cpk, vox-adv-cpk)",
@@ -40,7 +40,7 @@ MODEL_LICENCES: tuple[ModelLicence, ...] = (
         terms="the repository was CC BY-NC 4.0 (non-commercial) when the checkpoints were published and is MIT "
               "since 2023; treat the checkpoints as non-commercial unless their authors grant more",
         source="https://github.com/AliaksandrSiarohin/first-order-model",
-        shipped=False,
+        obtained="you bring it (FaceMimic never downloads it)",
     ),
     ModelLicence(
         name="LivePortrait weights (appearance, motion, warping, SPADE generator, stitching)",
@@ -48,13 +48,12 @@ MODEL_LICENCES: tuple[ModelLicence, ...] = (
         terms="MIT (code and these weights, KwaiVGI); LivePortrait's InsightFace face detector is non-commercial "
               "research only, and FaceMimic does not load it (it crops with MediaPipe)",
         source="https://github.com/KwaiVGI/LivePortrait, https://huggingface.co/KwaiVGI/LivePortrait",
-        shipped=False,
+        obtained="downloaded on request by `python tools/install.py --liveportrait`",
     ),
 )
 """Every model, in the order the README lists them."""
 
 
 def licence_lines() -> list[str]:
-    """One line per model: name, modes, terms, and whether FaceMimic fetches it or the user brings it."""
-    return [f"{m.name} [{m.used_by}]: {m.terms}; {'fetched by the installer' if m.shipped else 'you bring it'} "
-            f"({m.source})" for m in MODEL_LICENCES]
+    """One line per model: name, modes, terms, and how it gets onto the machine."""
+    return [f"{m.name} [{m.used_by}]: {m.terms}; {m.obtained} ({m.source})" for m in MODEL_LICENCES]

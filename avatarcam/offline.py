@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def _observe(landmarker: FaceLandmarker | None, frame: Frame) -> Observed:
 
 def render_video(driver_path: str, avatar: Avatar, prepared, reenactor: Reenactor, out_path: Path, *,
                  model_path: Path, neutral_frame: int = 0, sbs: bool = False, progress: bool = True,
-                 num_faces: int = 1) -> RenderReport:
+                 num_faces: int = 1, stamp: Callable[[np.ndarray], np.ndarray] | None = None) -> RenderReport:
     """Render the driver in order at a constant rate that follows the frames' own timestamps.
 
     A constant-rate driver gives exactly its frames, one output frame each (nothing dropped or duplicated), at its
@@ -179,7 +180,8 @@ def render_video(driver_path: str, avatar: Avatar, prepared, reenactor: Reenacto
                 if canvas.shape != shape:
                     canvas = np.zeros(shape, np.uint8)
                 reenactor.render(prepared, observed, neutral, time_s, canvas)
-                image = side_by_side(frame_bgr, canvas) if sbs else canvas
+                shown = canvas if stamp is None else stamp(canvas)  # the disclosure badge, as on recordings
+                image = side_by_side(frame_bgr, shown) if sbs else shown
                 if writer is None:
                     writer = open_writer(out_path, fps, (image.shape[1], image.shape[0]))
                 for _ in range(repeats[t]):

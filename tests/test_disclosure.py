@@ -154,3 +154,43 @@ def test_check_lists_every_model_licence(capsys):
     names = " ".join(m.name for m in MODEL_LICENCES)
     assert "MediaPipe" in names and "First Order Motion Model" in names and "LivePortrait" in names
     assert "Apache-2.0" in text and "CC BY-NC 4.0" in text and "InsightFace" in text
+
+
+def _first_frame(path) -> np.ndarray:
+    capture = cv2.VideoCapture(str(path))
+    ok, frame = capture.read()
+    capture.release()
+    assert ok, path
+    return frame
+
+
+def test_render_tool_stamps_the_badge_on_swap_output_and_shows_the_notice(tmp_path):
+    """tools/render.py in swap mode writes a recording: it carries the badge (output.badge auto) and the first
+    start prints the notice, as the live app does. (Before: no badge and no notice from render.py.)"""
+    env = {**os.environ, "FACEMIMIC_CONFIG_DIR": str(tmp_path / "cfg")}  # a first start
+    outputs = {}
+    for badge in ("auto", "off"):
+        out = tmp_path / f"swap-{badge}.mkv"  # lossless: the comparison sees the badge, not the codec
+        done = subprocess.run([sys.executable, "tools/render.py", "--model", "swap", "--driver", str(D12), "--avatar",
+                               "astronaut", "--out", str(out), "--quiet", "--set", f"output.badge={badge}"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        outputs[badge] = (_first_frame(out), done.stderr)
+    assert "faces you have the right to use" in outputs["auto"][1]  # first start
+    assert "faces you have the right to use" not in outputs["off"][1]  # remembered
+    with_badge, without = outputs["auto"][0].astype(int), outputs["off"][0].astype(int)
+    height, width = with_badge.shape[:2]
+    x0, y0, x1, y1 = DisclosureBadge(enabled=True).region(width, height)
+    assert np.abs(with_badge[y0:y1, x0:x1] - without[y0:y1, x0:x1]).mean() > 20, "no badge on the swap recording"
+    outside = np.ones((height, width), bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.abs(with_badge - without)[outside].max() == 0  # the badge is the only difference
+
+
+def test_the_browser_mode_does_not_offer_face_swap_yet():
+    from avatarcam.errors import ConfigError
+    from avatarcam.web.server import offered_generators
+
+    assert offered_generators(load_config(None, {"generator.model": "swap"})) == ["mesh"]
+    with pytest.raises(ConfigError, match="web.generators names swap"):
+        offered_generators(load_config(None, {"web.generators": ["swap"]}))

@@ -8,6 +8,7 @@ import sys
 
 import av
 import numpy as np
+import pytest
 
 from avatarcam.sinks.video_file import VideoFileSink, open_writer
 
@@ -28,7 +29,7 @@ def _probe(path):
 
 def test_mp4_recording_is_h264_with_every_frame(tmp_path):
     path = tmp_path / "rec.mp4"
-    sink = VideoFileSink(path, width=320, height=240, fps=30.0).open()
+    sink = VideoFileSink(path, width=320, height=240, fps=30.0, clock=lambda: 0.0).open()  # frames on time
     for frame in _frames(45, 320, 240):
         sink.send(frame)
     sink.close()
@@ -41,6 +42,24 @@ def test_mp4_recording_is_h264_with_every_frame(tmp_path):
     # Lossy, but the picture is there: the last frame's edge sits where it was drawn.
     expected = next(f for i, f in enumerate(_frames(45, 320, 240)) if i == 44)
     assert np.abs(frames[-1].astype(int) - expected.astype(int)).mean() < 6
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_live_recording_keeps_the_wall_clock_when_frames_come_late(tmp_path, suffix):
+    """On a busy machine the publisher falls behind and restarts its schedule: the recording fills each missed tick
+    with the frame, so it lasts as long as the run. (Before: 174 frames for a 7.5 s run at 30 fps, a 5.8 s file.)"""
+    now = [0.0]
+    path = tmp_path / f"rec{suffix}"
+    sink = VideoFileSink(path, width=64, height=64, fps=30.0, clock=lambda: now[0]).open()
+    frames = list(_frames(4, 64, 64))
+    for frame, at_s in zip(frames, (0.0, 1 / 30, 0.2, 0.2 + 1 / 30)):  # the third frame comes 5 ticks late
+        now[0] = at_s
+        sink.send(frame)
+    sink.close()
+    _, _, written, _ = _probe(path)
+    assert sink.frames_written == len(written) == 8  # ticks 0..7: 1 + 1 + (6 - 2 + 1) + 1
+    means = [round(float(f.mean()), 1) for f in written]
+    assert means[2:7] == [means[2]] * 5 and means[1] != means[2] and means[7] != means[2]  # the late frame fills the gap
 
 
 def test_odd_sized_frames_are_cropped_to_even_sides(tmp_path):
@@ -56,7 +75,7 @@ def test_without_pyav_the_fallback_says_which_codec(tmp_path, monkeypatch, caplo
     monkeypatch.setitem(sys.modules, "av", None)  # `import av` now raises ImportError, as on a machine without it
     path = tmp_path / "rec.mp4"
     with caplog.at_level(logging.WARNING, logger="avatarcam.sinks.video_file"):
-        sink = VideoFileSink(path, width=64, height=64, fps=10.0).open()
+        sink = VideoFileSink(path, width=64, height=64, fps=10.0, clock=lambda: 0.0).open()
     for frame in _frames(3, 64, 64):
         sink.send(frame)
     sink.close()

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from avatarcam.avatars import load_avatar
 from avatarcam.config import load_config, parse_override
+from avatarcam.disclosure import DisclosureBadge, show_first_start_notice
 from avatarcam.errors import FaceMimicError
-from avatarcam.generators import GENERATORS, build_reenactor, landmark_faces
+from avatarcam.generators import GENERATORS, build_reenactor, family, landmark_faces
 from avatarcam.landmarks import FaceLandmarker, landmark_model_path
 from avatarcam.offline import render_video
 from avatarcam.paths import DEFAULT_CONFIG
@@ -69,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         with FaceLandmarker(model_path=model_path, mode="image") as landmarker:
             avatar = load_avatar(avatar_path(args.avatar, config), landmarker, reenactor.canvas_size)
         prepared = reenactor.prepare(avatar)
+        show_first_start_notice()
+        badge = DisclosureBadge.for_output(config.output.badge, family(config.generator.model).draws_on_frame)
         report = render_video(args.driver, avatar, prepared, reenactor, Path(args.out), model_path=model_path,
                               neutral_frame=args.neutral_frame, sbs=args.side_by_side, progress=not args.quiet,
-                              num_faces=landmark_faces(config.generator))
+                              num_faces=landmark_faces(config.generator), stamp=badge.stamp)
     except FaceMimicError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

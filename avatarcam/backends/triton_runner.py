@@ -226,6 +226,10 @@ class TritonRunner(Runner):
         if code == "DEADLINE_EXCEEDED":
             return (f"{where} did not answer within {self._settings.timeout_s:g} s to {doing}: it is overloaded or "
                     f"the network is slow; raise the timeout or use a closer server")
+        if code == "UNIMPLEMENTED" or "http2 header with status" in words:
+            return (f"{where} failed to {doing}: {code or type(exc).__name__}: {words}: whatever answers there is not "
+                    f"Triton's gRPC endpoint (tritonserver serves gRPC on 8001 by default; 8000 is its HTTP port): "
+                    f"check the host and port")
         return f"{where} failed to {doing}: {code or type(exc).__name__}: {words}"
 
     def _call(self, doing: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -5,6 +5,8 @@ for .avi and lossless FFV1 for .mkv through OpenCV."""
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -119,14 +121,27 @@ def open_writer(out_path: Path, fps: float, size: tuple[int, int]) -> H264Writer
         return writer
 
 
-class VideoFileSink:
-    """Writes (height, width, 3) uint8 BGR frames to an .mp4/.avi/.mkv file at a fixed fps (publisher.FrameSink)."""
+MAX_CATCH_UP_S = 10.0
+"""Longest gap a live recording fills with repeats of the last frame in one go (a longer stall is shortened)."""
 
-    def __init__(self, path: Path, *, width: int, height: int, fps: float):
+
+class VideoFileSink:
+    """Writes (height, width, 3) uint8 BGR frames to an .mp4/.avi/.mkv file at a fixed fps (publisher.FrameSink).
+
+    A live recording keeps the wall clock: when frames come late (a busy machine, where the publisher restarts its
+    schedule rather than burst), the frame is written again for each tick missed since the first frame, so the file
+    lasts as long as the run and plays at the right speed (at most MAX_CATCH_UP_S filled per gap).
+    """
+
+    def __init__(self, path: Path, *, width: int, height: int, fps: float,
+                 clock: Callable[[], float] = time.monotonic):
         self.path = Path(path)
         self._width, self._height, self.fps_value = width, height, fps
         self._writer: H264Writer | OpenCvWriter | None = None
+        self._clock = clock
+        self._start_s: float | None = None
         self.frames_written = 0
+        """Frames in the file, repeats included."""
         self.codec = ""
         """The codec in use once open ("H.264 (avc1, libx264)", ...)."""
 
@@ -148,11 +163,17 @@ class VideoFileSink:
         return self
 
     def send(self, frame_bgr: np.ndarray) -> None:
-        """Append one frame."""
+        """Append one frame (more than once when it comes late: see the class)."""
         if self._writer is None:
             raise DeviceError(f"video file {self.path} is not open: call open() first")
-        self._writer.write(frame_bgr)
-        self.frames_written += 1
+        now = self._clock()
+        if self._start_s is None:
+            self._start_s = now
+        due = int((now - self._start_s) * self.fps_value + 0.5) + 1  # frames the file should hold after this one
+        copies = max(1, min(due - self.frames_written, int(MAX_CATCH_UP_S * self.fps_value)))
+        for _ in range(copies):
+            self._writer.write(frame_bgr)
+        self.frames_written += copies
 
     def close(self) -> None:
         """Finish the file; idempotent."""

@@ -32,7 +32,7 @@ import numpy as np
 
 from avatarcam.config import Config
 from avatarcam.errors import ConfigError, FaceMimicError
-from avatarcam.generators import GENERATORS, build_reenactor
+from avatarcam.generators import GENERATORS, build_reenactor, family
 from avatarcam.landmarks import landmark_model_path
 from avatarcam.paths import project_path
 from avatarcam.web.library import AvatarLibrary
@@ -55,13 +55,26 @@ def is_local(host: str) -> bool:
 
 
 def offered_generators(config: Config) -> list[str]:
-    """The generators the page offers: web.generators, or generator.model and the built-in mesh."""
-    names = list(config.web.generators) or list(dict.fromkeys([config.generator.model, "mesh"]))
+    """The generators the page offers: web.generators, or generator.model and the built-in mesh.
+
+    Generators that draw on the camera frame (face swap) are not offered in the browser yet: its sessions render
+    square avatar canvases and do not stamp the "virtual avatar" disclosure badge. ConfigError when web.generators
+    names one explicitly; left out with a warning when it is only the configured generator.model."""
+    explicit = list(config.web.generators)
+    names = explicit or list(dict.fromkeys([config.generator.model, "mesh"]))
     unknown = [n for n in names if n not in GENERATORS]
     if unknown:
         raise ConfigError(f"web.generators names {', '.join(unknown)}, which are not generators: choose from "
                           f"{', '.join(GENERATORS)}")
-    return names
+    on_frame = [n for n in names if family(n).draws_on_frame]
+    if on_frame and explicit:
+        raise ConfigError(f"web.generators names {', '.join(on_frame)}, which the browser mode does not offer (it "
+                          f"draws on the camera picture, which the page does not support yet): remove it")
+    if on_frame:
+        log.warning("the browser mode does not offer %s (it draws on the camera picture, which the page does not "
+                    "support yet): the page offers %s", ", ".join(on_frame),
+                    ", ".join(n for n in names if n not in on_frame))
+    return [n for n in names if n not in on_frame]
 
 
 @dataclass

@@ -46,7 +46,8 @@ _LEGACY_HEADER = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 _MAX_LISTED = 5
 
 _NOT_SHIPPED = (
-    "FaceMimic never ships FOMM weights (they are licensed CC BY-NC 4.0). Avatarify users usually have "
+    "FaceMimic never ships FOMM weights (published under CC BY-NC 4.0, non-commercial; see the README's "
+    "Responsible use). Avatarify users usually have "
     "`vox-adv-cpk.pth.tar` in their avatarify folder: point FaceMimic at that file"
 )
 

@@ -112,7 +112,7 @@ _INT8_CACHE_VERSION = 1
 
 _NOT_SHIPPED = (
     "Avatarify users usually have vox-adv-cpk.pth.tar (or vox-cpk.pth.tar) in their avatarify folder; FaceMimic never "
-    "ships these weights (they are licensed CC BY-NC 4.0)"
+    "ships these weights (published under CC BY-NC 4.0, non-commercial; see the README's Responsible use)"
 )
 
 
