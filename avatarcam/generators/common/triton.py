@@ -45,6 +45,19 @@ def open_runner(backend: str, spec: Any, *, key: str, triton: Any, hardware: Any
     return runner
 
 
+def check_backend(backend: str, triton: Any) -> None:
+    """ConfigError unless `backend` is a local runtime choice, or a remote one ('triton') with the server's settings
+    (`triton`, a backends.triton_runner.TritonSettings)."""
+    from avatarcam.backends.selection import BACKEND_CHOICES, REMOTE_BACKENDS
+
+    choices = (*BACKEND_CHOICES, *REMOTE_BACKENDS)
+    if backend not in choices:
+        raise ConfigError(f"generator.backend {backend!r} is not one of {', '.join(choices)}")
+    if backend in REMOTE_BACKENDS and triton is None:
+        raise ConfigError(f"generator.backend {backend} runs the models on a server: give its address with "
+                          f"--triton-url host:8001 (generator.triton_url)")
+
+
 def triton_settings(generator: Any) -> Any:
     """backends.triton_runner.TritonSettings from the config's generator section when its backend is 'triton' (the
     token from $FACEMIMIC_TRITON_TOKEN), else None. ConfigError when the URL is missing or unsafe."""

@@ -56,7 +56,7 @@ from avatarcam.generators.common.crop import (
     resize_square,
 )
 from avatarcam.generators.common.runtime import LockedRunner, gpu_runs, needs_onnx, runtime_label
-from avatarcam.generators.common.triton import record_round_trip, triton_settings
+from avatarcam.generators.common.triton import check_backend, record_round_trip, triton_settings
 from avatarcam.motion import MotionSettings
 from avatarcam.paths import AVATARS_DIR, ENGINES_DIR, PROJECT_ROOT
 from avatarcam.types import Observed
@@ -220,14 +220,7 @@ class FommSettings:
     """backends.triton_runner.TritonSettings when backend is 'triton' (the server's address, TLS and token)."""
 
     def __post_init__(self) -> None:
-        from avatarcam.backends.selection import BACKEND_CHOICES, REMOTE_BACKENDS
-
-        choices = (*BACKEND_CHOICES, *REMOTE_BACKENDS)
-        if self.backend not in choices:
-            raise ConfigError(f"generator.backend {self.backend!r} is not one of {', '.join(choices)}")
-        if self.backend in REMOTE_BACKENDS and self.triton is None:
-            raise ConfigError(f"generator.backend {self.backend} runs the models on a server: give its address with "
-                              f"--triton-url host:8001 (generator.triton_url)")
+        check_backend(self.backend, self.triton)
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"generator.fomm_precision {self.precision!r} is not one of {', '.join(PRECISIONS)}"
