@@ -15,7 +15,7 @@ import pytest
 
 from avatarcam.capture import probe_camera
 from tests.conftest import D12, ROOT
-from tests.xvfb_util import focus_window, screenshot, xdotool, xvfb_display, xvfb_missing_reason
+from tests.xvfb_util import focus_window, remap_window, screenshot, xdotool, xvfb_display, xvfb_missing_reason
 
 
 def _env_without_display() -> dict[str, str]:
@@ -132,21 +132,33 @@ def test_busy_default_webcam_is_waited_for_not_replaced(monkeypatch):
 xvfb = pytest.mark.skipif(xvfb_missing_reason() is not None, reason=xvfb_missing_reason() or "")
 
 
-def _preview_box(display: str) -> np.ndarray:
+def _preview_window(display: str) -> tuple[str, np.ndarray]:
     window = focus_window(display, "FaceMimic preview", timeout_s=30)
     geometry = xdotool(display, "getwindowgeometry", "--shell", window).stdout
     values = dict(line.split("=") for line in geometry.split() if "=" in line)
     x, y, w, h = (int(values[k]) for k in ("X", "Y", "WIDTH", "HEIGHT"))
-    return screenshot(display)[y:y + h, x:x + w]
+    return window, screenshot(display)[y:y + h, x:x + w]
 
 
-def _drawn_preview(display: str, timeout_s: float = 30.0) -> np.ndarray:
-    """The preview once the window shows a picture (a loaded machine may map it before its first frame is drawn)."""
+def _preview_box(display: str) -> np.ndarray:
+    return _preview_window(display)[1]
+
+
+def _drawn_preview(display: str, timeout_s: float = 30.0, remap_after_s: float = 3.0) -> np.ndarray:
+    """The preview once the window shows a picture.
+
+    A loaded machine may map it before its first frame is drawn, and Qt without a window manager may not paint it
+    at all until it is mapped again: after `remap_after_s` of a black window, re-map it (as a window manager would).
+    """
     deadline = time.monotonic() + timeout_s
+    remap_at = time.monotonic() + remap_after_s
     while True:
-        view = _preview_box(display)
+        window, view = _preview_window(display)
         if view.mean() > 30 or time.monotonic() > deadline:
             return view
+        if time.monotonic() > remap_at:
+            remap_window(display, window)
+            remap_at = time.monotonic() + remap_after_s
         time.sleep(0.2)
 
 

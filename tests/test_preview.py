@@ -62,12 +62,7 @@ def is_painted(screen: np.ndarray) -> bool:
 
 
 def screenshot_when_painted(display: str, window_id: str, *, rounds: int = 3) -> np.ndarray:
-    """A screenshot taken once the preview is painted.
-
-    Under CPU load, Qt on a bare Xvfb (no window manager) sometimes never paints a freshly mapped window until it
-    is mapped again (seen ~40% of the time with both cores busy, never when idle); re-map it then, as a window
-    manager would.
-    """
+    """A screenshot taken once the preview is painted (re-mapping the window when it is not: see remap_window)."""
     screen = xvfb_util.screenshot(display)
     for round_index in range(rounds):
         deadline = time.monotonic() + 1.5
@@ -77,8 +72,7 @@ def screenshot_when_painted(display: str, window_id: str, *, rounds: int = 3) ->
                 return screen
             time.sleep(0.05)
         if round_index < rounds - 1:
-            xvfb_util.xdotool(display, "windowunmap", "--sync", window_id)
-            xvfb_util.xdotool(display, "windowmap", "--sync", window_id)
+            xvfb_util.remap_window(display, window_id)
     return screen  # the assertions will say what is missing
 
 
