@@ -224,3 +224,70 @@ def test_localhost_serves_the_page_without_token_or_https():
         assert info["clients"] == 0 and info["generators"] == ["mesh"] and info["avatar"] == "astronaut"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/avatars/astronaut.jpg", timeout=10) as response:
             assert response.headers["Content-Type"] == "image/jpeg" and response.read()[:3] == b"\xff\xd8\xff"
+
+
+def _sans(cert_path):
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return {str(a) for a in names.get_values_for_type(x509.IPAddress)}, set(names.get_values_for_type(x509.DNSName))
+
+
+def test_the_self_signed_certificate_names_every_address_the_server_prints(tmp_path, monkeypatch):
+    """--host 0.0.0.0 prints a URL per LAN address: the certificate must name each (an IP SAN), or the browser on
+    another device refuses it for that address; a certificate made before the address existed is replaced."""
+    from avatarcam.web import server
+
+    monkeypatch.setattr(server, "_lan_addresses", lambda: ["192.0.2.44", "198.51.100.7"])
+    config = load_config(overrides={"web.host": "0.0.0.0", "web.tls_dir": str(tmp_path)})
+    token, _ = server.security(config)
+    printed = server._urls(config, token, secure=True)
+    assert [url.split("/")[2] for url in printed] == ["192.0.2.44:8080", "198.51.100.7:8080"]
+    addresses, dns = _sans(tmp_path / "facemimic-cert.pem")
+    assert {"192.0.2.44", "198.51.100.7", "127.0.0.1"} <= addresses and "localhost" in dns
+    monkeypatch.setattr(server, "_lan_addresses", lambda: ["203.0.113.5"])  # the machine got a new address
+    server.security(config)
+    assert "203.0.113.5" in _sans(tmp_path / "facemimic-cert.pem")[0]
+    server.security(load_config(overrides={"web.host": "203.0.113.5", "web.tls_dir": str(tmp_path)}))
+    assert "203.0.113.5" in _sans(tmp_path / "facemimic-cert.pem")[0]
+
+
+def test_plain_http_on_the_https_port_is_redirected_to_https(tmp_path):
+    """A user who types http:// (or no scheme) gets a redirect and a line saying to use https://, not a closed
+    connection; TLS on the same port still serves the page."""
+    import http.client
+    import socket
+    import urllib.request
+
+    from avatarcam.web.server import Background
+    from avatarcam.web.tls import self_signed
+
+    cert, key = self_signed(tmp_path, ["127.0.0.1"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = load_config(overrides={"web.port": port, "web.cert": str(cert), "web.key": str(key),
+                                    "web.token": "tok3n"})
+    with Background(config) as background:
+        assert background.listening.urls == [f"https://127.0.0.1:{port}/?token=tok3n"]
+        plain = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        plain.request("GET", "/?token=tok3n")
+        response = plain.getresponse()
+        body = response.read().decode()
+        assert response.status == 307, (response.status, body)
+        assert response.headers["Location"] == f"https://127.0.0.1:{port}/?token=tok3n"
+        assert f"https://127.0.0.1:{port}/?token=tok3n" in body and "HTTPS" in body
+        plain.close()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:  # no Host header: still advice
+            raw.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            reply = b""
+            while chunk := raw.recv(4096):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 400") and b"https://" in reply
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass  # a client that connects and leaves without a word
+        context = ssl.create_default_context(cafile=str(cert))  # the certificate names 127.0.0.1
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/?token=tok3n", context=context,
+                                    timeout=10) as page:
+            assert "<title>FaceMimic</title>" in page.read().decode()

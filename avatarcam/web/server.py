@@ -481,9 +481,16 @@ def _lan_addresses() -> list[str]:
     return found or ["127.0.0.1"]
 
 
+def url_hosts(host: str) -> list[str]:
+    """The addresses the page is announced on for web.host: this machine's IPv4 addresses for 0.0.0.0 and ::,
+    else the host itself."""
+    return _lan_addresses() if host in ("0.0.0.0", "::") else [host]
+
+
 def security(config: Config) -> tuple[str | None, ssl.SSLContext | None]:
     """(token, TLS context) for web.host: none on localhost unless configured; on a network address a token
-    (web.token or a random one) and HTTPS (--cert/--key, or a self-signed certificate made on first use)."""
+    (web.token or a random one) and HTTPS (--cert/--key, or a self-signed certificate made on first use that
+    names every address of url_hosts)."""
     from avatarcam.web.tls import self_signed, server_context
 
     web_config = config.web
@@ -495,13 +502,12 @@ def security(config: Config) -> tuple[str | None, ssl.SSLContext | None]:
         return token, server_context(project_path(web_config.cert), project_path(web_config.key))
     if local:
         return token, None
-    cert, key = self_signed(project_path(web_config.tls_dir), [web_config.host])
+    cert, key = self_signed(project_path(web_config.tls_dir), [web_config.host, *url_hosts(web_config.host)])
     return token, server_context(cert, key)
 
 
 def _urls(config: Config, token: str | None, secure: bool) -> list[str]:
-    host = config.web.host
-    hosts = _lan_addresses() if host in ("0.0.0.0", "::") else [host]
+    hosts = url_hosts(config.web.host)
     query = f"?token={token}" if token else ""
     scheme = "https" if secure else "http"
     return [f"{scheme}://{'[' + h + ']' if ':' in h else h}:{config.web.port}/{query}" for h in hosts]
@@ -514,7 +520,12 @@ async def _start(config: Config) -> tuple[Any, WebServer, Listening]:
     server = WebServer(config, token=token, secure=context is not None)
     runner = web.AppRunner(server.app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.web.host, config.web.port, ssl_context=context)
+    if context is None:
+        site = web.TCPSite(runner, config.web.host, config.web.port)
+    else:  # TLS, and a redirect for a plain http:// request instead of a closed connection
+        from avatarcam.web.tls import https_site
+
+        site = https_site(runner, config.web.host, config.web.port, context)
     try:
         await site.start()
     except OSError as exc:
