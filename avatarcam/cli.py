@@ -187,9 +187,13 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_self_test(config)
         if args.serve:
+            import threading
+
             from avatarcam.web.server import serve
 
-            return serve(config)
+            stop = threading.Event()
+            _stop_on_sigterm(stop)  # closes every browser's connection and exits 0, as the camera mode does
+            return serve(config, stop=stop)
         from avatarcam.app import App
         from avatarcam.config import CaptureConfig
         from avatarcam.disclosure import show_first_start_notice

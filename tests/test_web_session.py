@@ -291,3 +291,69 @@ def test_plain_http_on_the_https_port_is_redirected_to_https(tmp_path):
         with urllib.request.urlopen(f"https://127.0.0.1:{port}/?token=tok3n", context=context,
                                     timeout=10) as page:
             assert "<title>FaceMimic</title>" in page.read().decode()
+
+
+def _offer_a_camera(url: str) -> dict:
+    """POST a real WebRTC offer with a video track (aiortc's test pattern) to the page's API; the JSON answer."""
+    import asyncio
+    import json
+    import urllib.request
+
+    from aiortc import RTCPeerConnection, VideoStreamTrack
+
+    async def offer() -> dict:
+        pc = RTCPeerConnection()
+        try:
+            pc.addTrack(VideoStreamTrack())
+            await pc.setLocalDescription(await pc.createOffer())
+            body = json.dumps({"sdp": pc.localDescription.sdp, "type": "offer"}).encode()
+            request = urllib.request.Request(url + "api/offer", data=body,
+                                             headers={"Content-Type": "application/json"})
+            reply = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: urllib.request.urlopen(request, timeout=60).read())
+            return json.loads(reply)
+        finally:
+            await pc.close()
+
+    return asyncio.run(offer())
+
+
+def test_serve_stops_cleanly_on_sigterm():
+    """A service manager's SIGTERM closes every visitor's session and exits 0 (it was killed, status 143)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--serve", "--port", str(port)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.extend(process.stderr), daemon=True)
+    reader.start()
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        for line in process.stdout:
+            if "open " in line:
+                assert url in line
+                break
+        else:
+            raise AssertionError("".join(stderr)[-3000:])
+        answer = _offer_a_camera(url)
+        assert answer["type"] == "answer" and answer["session"]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, "".join(stderr)[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    reader.join(10)
+    log = "".join(stderr)
+    assert "stopping (SIGTERM)" in log
+    assert f"web session {answer['session'][:6]} closed (0 left)" in log
+    assert "web server stopped (1 session closed)" in log

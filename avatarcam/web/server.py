@@ -556,7 +556,8 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
 
 def serve(config: Config, *, stop: threading.Event | None = None,
           on_ready: Callable[[Listening], None] | None = None) -> int:
-    """Serve the page until Ctrl+C, SIGTERM or `stop`; prints the URL(s). Returns the exit code."""
+    """Serve the page until Ctrl+C or `stop` (cli sets it on SIGTERM); prints the URL(s). Every session's
+    connection and thread is closed before it returns; returns the exit code, 0."""
     stop = stop or threading.Event()
     limit_malloc_arenas()
 
@@ -567,7 +568,9 @@ def serve(config: Config, *, stop: threading.Event | None = None,
             while not stop.is_set():
                 await asyncio.sleep(0.2)
         finally:
-            await runner.cleanup()
+            await runner.cleanup()  # on_shutdown closes every session
+            log.info("web server stopped (%d session%s closed)", server.sessions_closed,
+                     "" if server.sessions_closed == 1 else "s")
 
     try:
         asyncio.run(main())
