@@ -12,6 +12,9 @@ from avatarcam.errors import FaceMimicError
 from avatarcam.generators import GENERATORS
 from avatarcam.paths import DEFAULT_CONFIG
 
+WEB_TOKEN_ENV = "FACEMIMIC_WEB_TOKEN"
+"""The browser mode's access token (web.token) from the environment, which other users cannot read."""
+
 EPILOG = """\
 examples:
   python run.py                                   webcam 0 -> default avatar -> preview + "FaceMimic Camera"
@@ -100,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     wb.add_argument("--host", help="address to serve on (web.host, default 127.0.0.1); 0.0.0.0 for the local "
                     "network needs the printed token and serves HTTPS")
     wb.add_argument("--port", type=int, help="port of the page (web.port, default 8080)")
-    wb.add_argument("--token", help="access token for the page (web.token; default: random off localhost)")
+    wb.add_argument("--token", help=f"access token for the page (web.token; default: ${WEB_TOKEN_ENV}, else random "
+                    "off localhost); visible to every user of this machine in the process list: prefer "
+                    f"${WEB_TOKEN_ENV} or web.token in the config file")
     wb.add_argument("--cert", help="HTTPS certificate, PEM (web.cert; default off localhost: self-signed)")
     wb.add_argument("--key", help="private key of --cert, PEM (web.key)")
     run = p.add_argument_group("run")
@@ -147,10 +152,23 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         o["output.vcam"] = "off"
     if args.no_preview:
         o["output.preview"] = "off"
+    env_token = os.environ.get(WEB_TOKEN_ENV, "").strip()
+    if env_token and args.token is None:  # flags > environment > config file; unlike a flag, not shown by `ps`
+        o["web.token"] = env_token
     for item in args.set:
         key, value = parse_override(item)
         o[key] = value
     return o
+
+
+def warn_visible_token(args: argparse.Namespace) -> bool:
+    """Warn (True) when the page's token was given on the command line, where `ps` shows it to every local user."""
+    on_line = args.token is not None or any(item.split("=", 1)[0].strip() == "web.token" for item in args.set)
+    if on_line:
+        logging.getLogger(__name__).warning(
+            "the access token given on the command line is visible to every user of this machine in the process "
+            "list (ps): set $%s or web.token in the config file instead", WEB_TOKEN_ENV)
+    return on_line
 
 
 def _stop_on_sigterm(stop_event) -> None:
@@ -176,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
+    warn_visible_token(args)
     if args.list_config:
         for key, default, allowed, doc in documented_keys():
             print(f"{key} = {default!r}\n    {doc}; {allowed}")

@@ -357,3 +357,26 @@ def test_serve_stops_cleanly_on_sigterm():
     assert "stopping (SIGTERM)" in log
     assert f"web session {answer['session'][:6]} closed (0 left)" in log
     assert "web server stopped (1 session closed)" in log
+
+
+def test_the_token_comes_from_the_environment_and_a_command_line_token_is_warned_about(monkeypatch, caplog):
+    """--token shows in `ps` to every local user: $FACEMIMIC_WEB_TOKEN gives it unseen, and the flag (kept working,
+    it wins) warns without repeating the token."""
+    import logging
+
+    from avatarcam.cli import build_parser, main, overrides_from_args, warn_visible_token
+
+    monkeypatch.setenv("FACEMIMIC_WEB_TOKEN", "from-the-environment")
+    parser = build_parser()
+    assert overrides_from_args(parser.parse_args(["--serve"]))["web.token"] == "from-the-environment"
+    assert overrides_from_args(parser.parse_args(["--serve", "--token", "flag"]))["web.token"] == "flag"
+    assert overrides_from_args(parser.parse_args(["--set", "web.token=set"]))["web.token"] == "set"
+    caplog.set_level(logging.WARNING)
+    assert not warn_visible_token(parser.parse_args(["--serve"])) and not caplog.records
+    assert main(["--token", "s3cret-value", "--list-config"]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "process list" in warnings[0] and "FACEMIMIC_WEB_TOKEN" in warnings[0]
+    assert "s3cret-value" not in warnings[0]
+    assert warn_visible_token(parser.parse_args(["--set", "web.token=x"]))
+    monkeypatch.setenv("FACEMIMIC_WEB_TOKEN", " ")
+    assert "web.token" not in overrides_from_args(parser.parse_args(["--serve"]))
