@@ -391,7 +391,8 @@ class App:
 
             def record(canvas_bgr: Any) -> Any:
                 same = canvas_bgr.shape[:2] == (size[1], size[0])
-                return self.badge.stamp(canvas_bgr if same else fit.compose(canvas_bgr))
+                return self.badge.stamp(canvas_bgr) if same else self.badge.stamp(fit.compose(canvas_bgr),
+                                                                                  fit.picture_box)
 
             outputs.subscribe(PublishedOutput("video", sink, fps=fps, compose=record))
         return video_path
@@ -416,8 +417,8 @@ class App:
             self.notes.append(message)
             return
         composer = FrameComposer(width=v.width, height=v.height, mode=v.fit, background=v.background)
-        outputs.subscribe(PublishedOutput("vcam", sink, fps=v.fps,
-                                          compose=lambda canvas_bgr: self.badge.stamp(composer.compose(canvas_bgr))))
+        outputs.subscribe(PublishedOutput("vcam", sink, fps=v.fps, compose=lambda canvas_bgr: self.badge.stamp(
+            composer.compose(canvas_bgr), composer.picture_box)))  # the badge on the picture, not a letterbox bar
         log.info("virtual camera: %s on %s, %dx%d @ %g fps", sink.backend, sink.device, v.width, v.height, v.fps)
 
 

@@ -69,7 +69,7 @@ def show_first_start_notice(*, folder: Path | None = None, stream: TextIO | None
 
 
 class DisclosureBadge:
-    """Stamps a small "virtual avatar" label in the bottom-left corner of outgoing frames while enabled."""
+    """Stamps a small "virtual avatar" label in the bottom-left corner of outgoing frames' picture while enabled."""
 
     @classmethod
     def for_output(cls, badge: str, draws_on_frame: bool) -> DisclosureBadge:
@@ -82,6 +82,7 @@ class DisclosureBadge:
         self.text = text
         self._buffer: np.ndarray | None = None
         self._label: tuple[tuple[int, int], np.ndarray, np.ndarray] | None = None
+        """(picture (width, height) it was sized for, label BGR, alpha)."""
 
     def toggle(self) -> bool:
         """Switch the badge on or off; returns the new state."""
@@ -102,22 +103,28 @@ class DisclosureBadge:
         alpha = np.full((h, w, 1), 0.75, np.float32)
         return label, alpha
 
-    def region(self, width: int, height: int) -> tuple[int, int, int, int]:
-        """(x0, y0, x1, y1) pixel box the badge covers on a (width, height) frame."""
-        if self._label is None or self._label[0] != (width, height):
-            self._label = ((width, height), *self._make_label(width, height))
+    def region(self, width: int, height: int,
+               within: tuple[int, int, int, int] | None = None) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) pixel box the badge covers on a (width, height) frame: in the bottom-left corner of
+        `within` (x0, y0, x1, y1: the part of the frame that shows the picture, e.g. FrameComposer.picture_box when
+        the picture is letterboxed; default the whole frame), sized for that picture's height."""
+        bx0, by0, bx1, by1 = within if within is not None else (0, 0, width, height)
+        box_w, box_h = max(1, min(bx1, width) - max(bx0, 0)), max(1, min(by1, height) - max(by0, 0))
+        bx0, by1 = max(bx0, 0), min(by1, height)
+        if self._label is None or self._label[0] != (box_w, box_h):
+            self._label = ((box_w, box_h), *self._make_label(box_w, box_h))
         h, w = self._label[1].shape[:2]
-        margin = max(2, height // 60)
-        y0, x0 = max(0, height - h - margin), min(margin, width - w)
+        margin = max(2, box_h // 60)
+        y0, x0 = max(0, by1 - h - margin), bx0 + min(margin, box_w - w)
         return x0, y0, x0 + w, y0 + h
 
-    def stamp(self, frame_bgr: np.ndarray) -> np.ndarray:
-        """The (H, W, 3) uint8 BGR frame with the badge (a copy in an internal buffer, overwritten next call), or the
-        frame itself while disabled."""
+    def stamp(self, frame_bgr: np.ndarray, within: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """The (H, W, 3) uint8 BGR frame with the badge inside `within` (see region; default the whole frame) as a
+        copy in an internal buffer, overwritten next call; the frame itself while disabled."""
         if not self.enabled:
             return frame_bgr
         height, width = frame_bgr.shape[:2]
-        x0, y0, x1, y1 = self.region(width, height)
+        x0, y0, x1, y1 = self.region(width, height, within)
         assert self._label is not None
         _, label, alpha = self._label
         if self._buffer is None or self._buffer.shape != frame_bgr.shape:

@@ -263,6 +263,18 @@ def _cover_crop(canvas: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
     return canvas[y0 : y0 + crop_h, :]
 
 
+def picture_box(canvas_w: int, canvas_h: int, out_w: int, out_h: int, mode: str) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) pixels of the out_w x out_h frame that show the canvas: the centred letterbox in 'fit'
+    mode, the whole frame in 'fill' and 'stretch' (the disclosure badge goes inside it, not on a bar)."""
+    if mode != "fit":
+        return 0, 0, out_w, out_h
+    scale = min(out_w / canvas_w, out_h / canvas_h)
+    fit_w = min(out_w, max(1, round(canvas_w * scale)))
+    fit_h = min(out_h, max(1, round(canvas_h * scale)))
+    x0, y0 = (out_w - fit_w) // 2, (out_h - fit_h) // 2
+    return x0, y0, x0 + fit_w, y0 + fit_h
+
+
 def _compose_into(canvas: np.ndarray, out: np.ndarray, mode: str, background: str | tuple[int, int, int],
                   blur_small: np.ndarray | None) -> np.ndarray:
     out_h, out_w = out.shape[:2]
@@ -276,11 +288,8 @@ def _compose_into(canvas: np.ndarray, out: np.ndarray, mode: str, background: st
                    interpolation=_interpolation(crop.shape[1], crop.shape[0], out_w, out_h))
         return out
     # fit: letterbox
-    scale = min(out_w / cw, out_h / ch)
-    fit_w = min(out_w, max(1, round(cw * scale)))
-    fit_h = min(out_h, max(1, round(ch * scale)))
-    x0 = (out_w - fit_w) // 2
-    y0 = (out_h - fit_h) // 2
+    x0, y0, x1, y1 = picture_box(cw, ch, out_w, out_h, "fit")
+    fit_w, fit_h = x1 - x0, y1 - y0
     if fit_w < out_w or fit_h < out_h:
         if background == BACKGROUND_BLUR:
             if blur_small is None:
@@ -327,6 +336,7 @@ class FrameComposer:
         self._mode = _check_mode(mode)
         self._background = _parse_background(background)
         self._out = np.zeros((height, width, 3), np.uint8)
+        self._picture_box = (0, 0, width, height)
         self._blur_small = np.empty((max(2, height // _BLUR_DOWNSCALE), max(2, width // _BLUR_DOWNSCALE), 3),
                                     np.uint8)
 
@@ -345,9 +355,16 @@ class FrameComposer:
         """'fit', 'fill' or 'stretch'."""
         return self._mode
 
+    @property
+    def picture_box(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of the last composed frame that shows the canvas (vcam.picture_box)."""
+        return self._picture_box
+
     def compose(self, canvas_bgr: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 BGR canvas -> the internal (height, width, 3) uint8 BGR buffer, overwritten next call."""
         _check_canvas(canvas_bgr)
+        self._picture_box = picture_box(canvas_bgr.shape[1], canvas_bgr.shape[0], self.width, self.height,
+                                        self._mode)
         return _compose_into(canvas_bgr, self._out, self._mode, self._background, self._blur_small)
 
 

@@ -78,6 +78,59 @@ def test_badge_stamps_a_label_and_leaves_the_input_alone():
     assert not badge.toggle() and badge.stamp(frame) is frame
 
 
+def test_badge_sits_on_the_picture_not_on_a_letterbox_bar():
+    """A square avatar letterboxed into 1280x720 has black bars left and right: the badge goes in the picture's own
+    bottom-left corner (on the bar it would label nothing, and a crop of the picture would lose it)."""
+    from avatarcam.vcam import FrameComposer
+
+    canvas = np.full((512, 512, 3), GREY, np.uint8)
+    composer = FrameComposer(width=1280, height=720, mode="fit", background="#000000")
+    composed = composer.compose(canvas)
+    assert composer.picture_box == (280, 0, 1000, 720)
+    badge = DisclosureBadge(enabled=True)
+    out = badge.stamp(composed, composer.picture_box)
+    x0, y0, x1, y1 = badge.region(1280, 720, composer.picture_box)
+    assert 280 <= x0 < x1 <= 1000 and 0 <= y0 < y1 <= 720 and x0 - 280 < 20 and 720 - y1 < 20
+    assert (out[:, :280] == 0).all() and (out[:, 1000:] == 0).all(), "the bars are untouched"
+    inside = out[y0:y1, x0:x1].astype(int)
+    assert (inside.max(2) < 100).mean() > 0.5 and (inside.min(2) > 180).mean() > 0.02
+    assert badge.region(1280, 720) == DisclosureBadge(enabled=True).region(1280, 720)  # whole frame: as before
+    fill = FrameComposer(width=1280, height=720, mode="fill")
+    fill.compose(canvas)
+    assert fill.picture_box == (0, 0, 1280, 720)
+
+
+def test_mesh_mode_with_the_badge_on_keeps_it_off_the_letterbox_bars(tmp_path):
+    """The app end to end: the square mesh avatar letterboxed into the virtual camera's 640x360 frame, badge on."""
+    pytest.importorskip("pyvirtualcam")
+    from avatarcam.app import App
+
+    config = load_config(None, {
+        "generator.model": "mesh", "output.badge": "on", "capture.source": str(D12), "capture.loop": False,
+        "output.preview": "off", "output.vcam": "on", "vcam.backend": "v4l2loopback",
+        "vcam.device": "/dev/video-test", "vcam.width": 640, "vcam.height": 360, "vcam.fit": "fit",
+        "vcam.background": "#000000", "hotkeys.enabled": False,
+    })
+    recorder = CameraRecorder(keep_images=True)
+
+    def on_rendered(rendered) -> None:
+        if len(recorder.images) >= 10:
+            app.stop_event.set()
+
+    app = App(config, duration_s=20, source_explicit=True, on_rendered=on_rendered)
+    with recording_backend("v4l2loopback", recorder):
+        app.run()
+    images = [image.reshape(360, 640, 3) for image in recorder.images]
+    assert len(images) >= 10
+    for image in images:
+        assert (image[:, :140] == 0).all() and (image[:, 500:] == 0).all(), "nothing on the letterbox bars"
+    x0, y0, x1, y1 = DisclosureBadge(enabled=True).region(640, 360, (140, 0, 500, 360))
+    for image in images:
+        inside = image[y0:y1, x0:x1].astype(int)
+        # the label's box is 75 % dark grey (at most 94 over any picture) with light text
+        assert (inside.max(2) < 100).mean() > 0.5 and (inside.min(2) > 180).mean() > 0.01, "the badge, on the picture"
+
+
 def test_badge_defaults_follow_the_mode():
     from avatarcam.app import App
 
@@ -135,8 +188,10 @@ def test_swap_mode_live_sends_the_badge_to_the_virtual_camera_and_the_hotkey_rem
     x0, y0, x1, y1 = DisclosureBadge(enabled=True).region(640, 360)
     images = [image.reshape(360, 640, 3) for image in recorder.images]  # the backend gets the bytes of a BGR frame
     corner = [np.abs(image[y0:y1, x0:x1].astype(int) - GREY).max() for image in images]
-    first_sent = images[: toggled_at[0]]
-    assert len(first_sent) > 5 and all(c > 60 for c in corner[1: toggled_at[0]]), "the badge is on by default"
+    # Before the first render the camera shows the square avatar at rest, letterboxed: its badge is in that
+    # picture's corner (test_mesh_mode_with_the_badge_on_keeps_it_off_the_letterbox_bars), not this one.
+    camera = [i for i in range(1, toggled_at[0]) if np.abs(images[i][300:330, 100:300].astype(int) - GREY).max() <= 3]
+    assert len(camera) > 5 and all(corner[i] > 60 for i in camera), "the badge is on by default"
     # After the toggle the corner is the grey picture again, from the first frame composed after it on (the
     # publisher repeats the last composed frame until the next render arrives) to the end.
     after = corner[toggled_at[0]:]
