@@ -120,7 +120,7 @@ def run_one(size: int, seconds: float, camera_fps: float, clip: Path, avatar_pat
             continue
         frame_size = list(rendered.frame.image_bgr.shape[1::-1])
         t0 = time.perf_counter()
-        frame = badge.stamp(composer.compose(rendered.canvas_bgr))
+        frame = badge.stamp(composer.compose(rendered.canvas_bgr), composer.picture_box)
         t1 = time.perf_counter()
         np.copyto(sink, frame)  # the virtual camera's send: one copy of the frame into the device buffer
         t2 = time.perf_counter()
