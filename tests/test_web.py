@@ -118,6 +118,13 @@ def test_token_is_required_on_the_network_address(web):
         assert tab.eval("typeof facemimic") == "undefined"
     finally:
         tab.close()
+    tab = browser.open(base.replace("https://", "http://"))  # typed without https: redirected, not a blank error
+    try:
+        text = tab.wait_for("document.readyState === 'complete' && location.protocol === 'https:' && "
+                            "document.body.innerText", timeout_s=20)
+        assert "needs its access token" in text and tab.eval("location.href") == base
+    finally:
+        tab.close()
 
 
 def test_avatar_moves_with_the_driver_in_the_browser(web):

@@ -244,7 +244,12 @@ class Tab:
         deadline = time.monotonic() + timeout_s
         guarded = f"(() => {{ try {{ return ({expression}); }} catch (e) {{ return null; }} }})()"
         while time.monotonic() < deadline:
-            value = self.eval(guarded)
+            try:
+                value = self.eval(guarded)
+            except CDPError as exc:  # between two documents (a redirect): no page to ask for a moment
+                if "execution context" not in str(exc).lower():
+                    raise
+                value = None
             if value:
                 return value
             time.sleep(0.2)
