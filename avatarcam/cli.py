@@ -208,8 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.serve:
             import threading
 
+            from avatarcam.disclosure import show_first_start_notice
             from avatarcam.web.server import serve
 
+            show_first_start_notice()  # the page offers face swap too
             stop = threading.Event()
             _stop_on_sigterm(stop)  # closes every browser's connection and exits 0, as the camera mode does
             return serve(config, stop=stop)

@@ -242,10 +242,9 @@ def test_render_tool_stamps_the_badge_on_swap_output_and_shows_the_notice(tmp_pa
     assert np.abs(with_badge - without)[outside].max() == 0  # the badge is the only difference
 
 
-def test_the_browser_mode_does_not_offer_face_swap_yet():
-    from avatarcam.errors import ConfigError
+def test_the_browser_mode_offers_face_swap():
+    """The browser's face swap stamps the badge itself (tests/test_web_session.py checks the picture)."""
     from avatarcam.web.server import offered_generators
 
-    assert offered_generators(load_config(None, {"generator.model": "swap"})) == ["mesh"]
-    with pytest.raises(ConfigError, match="web.generators names swap"):
-        offered_generators(load_config(None, {"web.generators": ["swap"]}))
+    assert offered_generators(load_config(None, {"generator.model": "swap"})) == ["swap", "mesh"]
+    assert offered_generators(load_config(None, {"web.generators": ["swap"]})) == ["swap"]

@@ -48,7 +48,7 @@ def web(tmp_path_factory):
     with Namespace(str(pid % 10000), 1 + pid % 250) as ns:
         config = load_config(overrides={
             "web.host": ns.host_ip, "web.port": _free_port(), "web.max_clients": 2,
-            "web.tls_dir": str(folder / "tls"), "generator.canvas_size": 256,
+            "web.tls_dir": str(folder / "tls"), "generator.canvas_size": 256, "web.generators": ["mesh", "swap"],
             "calibration.window_s": CALIBRATION_S, "calibration.strict": False,
         })
         with Background(config) as server:
@@ -154,6 +154,37 @@ def test_avatar_moves_with_the_driver_in_the_browser(web):
         tab.eval("document.querySelector('#gallery img[data-avatar=astronaut_sketch]').click()")
         tab.wait_for("facemimic.meta.avatar === 'astronaut_sketch'", timeout_s=20)
         assert tab.eval("document.querySelector('#gallery img.chosen').dataset.avatar") == "astronaut_sketch"
+    finally:
+        tab.close()
+
+
+def test_face_swap_in_the_browser_shows_the_camera_picture_with_the_badge(web):
+    """Face swap from the page's generator choice: the avatar video becomes the (mirrored) 4:3 camera picture, with
+    the "virtual avatar" badge in its bottom-left corner, on what is mid-grey in the fake camera's picture."""
+    from avatarcam.disclosure import DisclosureBadge
+
+    server, ns, browser, url = web
+    tab = browser.open(url)
+    try:
+        _connected(tab)
+        assert tab.eval("document.getElementById('generator-row').hidden") is False
+        tab.eval("const s = document.getElementById('generator'); s.value = 'swap';"
+                 "s.dispatchEvent(new Event('change'))")
+        meta = tab.wait_for("facemimic.meta.generator === 'swap' && facemimic.meta.faces === 1 && "
+                            "facemimic.meta.size[0] !== facemimic.meta.size[1] && facemimic.meta", timeout_s=30)
+        width, height = meta["size"]
+        assert width * 3 == height * 4, meta["size"]  # the camera's 640x480 (or a scaled copy Chromium sent)
+        tab.wait_for(f"document.getElementById('avatar').videoWidth === {width}", timeout_s=20)
+        x0, y0, x1, y1 = DisclosureBadge(enabled=True).region(width, height)
+        bar = width // 8 - 2  # the fake camera's grey bar (its 512x512 clip is centred in 640x480)
+        corner = tab.eval(f"""(() => {{
+            const g = facemimic.snapshotCanvas().getContext('2d');
+            const label = g.getImageData({x0}, {y0}, {min(x1, bar) - x0}, {y1 - y0}).data;
+            const above = g.getImageData({x0}, {y0 - 2 * (y1 - y0)}, {min(x1, bar) - x0}, {y1 - y0}).data;
+            const dark = (px) => {{ let n = 0; for (let k = 0; k < px.length; k += 4)
+                n += Math.max(px[k], px[k+1], px[k+2]) < 100; return n / (px.length / 4); }};
+            return [dark(label), dark(above)]; }})()""")
+        assert corner[0] > 0.5 and corner[1] < 0.05, corner  # the label's dark box, on the grey that is above it
     finally:
         tab.close()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ssl
 import time
 
+import numpy as np
 import pytest
 
 from avatarcam.config import load_config
@@ -318,8 +319,9 @@ def _offer_a_camera(url: str) -> dict:
     return asyncio.run(offer())
 
 
-def test_serve_stops_cleanly_on_sigterm():
-    """A service manager's SIGTERM closes every visitor's session and exits 0 (it was killed, status 143)."""
+def test_serve_stops_cleanly_on_sigterm(tmp_path):
+    """A service manager's SIGTERM closes every visitor's session and exits 0 (it was killed, status 143). The
+    first start shows the responsible-use notice, as the camera mode's does (the page offers face swap)."""
     import os
     import signal
     import socket
@@ -327,12 +329,14 @@ def test_serve_stops_cleanly_on_sigterm():
     import sys
     import threading
 
+    from avatarcam.disclosure import NOTICE_TEXT
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--serve", "--port", str(port)], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", "FACEMIMIC_CONFIG_DIR": str(tmp_path)})
     stderr: list[str] = []
     reader = threading.Thread(target=lambda: stderr.extend(process.stderr), daemon=True)
     reader.start()
@@ -357,6 +361,7 @@ def test_serve_stops_cleanly_on_sigterm():
     assert "stopping (SIGTERM)" in log
     assert f"web session {answer['session'][:6]} closed (0 left)" in log
     assert "web server stopped (1 session closed)" in log
+    assert NOTICE_TEXT.splitlines()[0] in log and (tmp_path / "notice.json").is_file()
 
 
 def test_the_token_comes_from_the_environment_and_a_command_line_token_is_warned_about(monkeypatch, caplog):
@@ -380,3 +385,78 @@ def test_the_token_comes_from_the_environment_and_a_command_line_token_is_warned
     assert warn_visible_token(parser.parse_args(["--set", "web.token=x"]))
     monkeypatch.setenv("FACEMIMIC_WEB_TOKEN", " ")
     assert "web.token" not in overrides_from_args(parser.parse_args(["--serve"]))
+
+
+def _swap_session(config, library, frames):
+    """A face-swap session (real swap generator) fed `frames` (BGR arrays) one at a time; its Outgoing items."""
+    import dataclasses
+
+    import av
+
+    from avatarcam.generators import build_reenactor
+    from avatarcam.landmarks import landmark_model_path
+    from avatarcam.web.session import ClientSession, SessionParts
+
+    parts = SessionParts(make_reenactor=lambda name: build_reenactor(dataclasses.replace(config.generator,
+                                                                                           model=name), config.motion),
+                         load_avatar=library.load, landmark_model=landmark_model_path(config),
+                         calibration_window_s=0.2, calibration_strict=False, badge=config.output.badge)
+    session = ClientSession("swap-session", parts, generator="swap", avatar="astronaut")
+    outputs = []
+    try:
+        session.start()
+        for image in frames:
+            seq = session.outgoing.peek()[0]
+            session.offer(av.VideoFrame.from_ndarray(image, format="bgr24"))
+            deadline = time.monotonic() + 20
+            while session.outgoing.peek()[0] == seq and time.monotonic() < deadline:
+                time.sleep(0.02)
+            outputs.append(session.outgoing.peek()[1])
+    finally:
+        session.close()
+    return outputs
+
+
+def test_face_swap_in_the_browser_sends_the_camera_picture_with_the_badge():
+    """Face swap's output is the visitor's own (here 4:3) camera picture with the avatar's face, not a square
+    canvas, and it carries the "virtual avatar" badge (output.badge auto), in the picture's bottom-left corner."""
+    import cv2
+
+    from avatarcam.capture import iter_frames
+    from avatarcam.disclosure import DisclosureBadge
+    from avatarcam.landmarks import landmark_model_path
+    from avatarcam.paths import project_path
+    from avatarcam.web.library import AvatarLibrary
+    from avatarcam.web.server import offered_generators
+
+    assert offered_generators(load_config(overrides={"generator.model": "swap"})) == ["swap", "mesh"]
+    grey = 128
+    frames = []
+    for i, frame in enumerate(iter_frames(str(DRIVER))):
+        if i >= 30:
+            break
+        picture = np.full((481, 641, 3), grey, np.uint8)  # odd sides: cut to even for the video encoder
+        picture[:400, 241:641] = cv2.resize(frame, (400, 400), interpolation=cv2.INTER_AREA)
+        frames.append(picture)
+    results = {}
+    for badge in ("auto", "off"):
+        config = load_config(overrides={"generator.canvas_size": 256, "output.badge": badge})
+        library = AvatarLibrary(project_path(config.avatars.folder), landmark_model_path(config))
+        try:
+            outputs = _swap_session(config, library, frames[:12] if badge == "off" else frames)
+        finally:
+            library.close()
+        last = outputs[-1]
+        assert last.size == (640, 480) and last.yuv_i420.shape == (720, 640) and last.canvas_size == 256
+        assert len(last.faces) == 1
+        results[badge] = cv2.cvtColor(last.yuv_i420, cv2.COLOR_YUV2BGR_I420).astype(int)
+    swapped, plain = results["auto"], results["off"]
+    x0, y0, x1, y1 = DisclosureBadge(enabled=True).region(640, 480)
+    assert np.abs(swapped[y0:y1, x0:x1] - grey).mean() > 40, "the badge is on the picture"
+    assert np.abs(plain[y0:y1, x0:x1] - grey).max() < 8, "no badge with output.badge off"
+    camera = cv2.flip(frames[-1], 1)[:480, :640]  # the page's mirror setting is on by default: face on the left
+    camera = cv2.cvtColor(cv2.cvtColor(camera, cv2.COLOR_BGR2YUV_I420), cv2.COLOR_YUV2BGR_I420).astype(int)
+    difference = np.abs(swapped - camera).max(2)
+    # (measured here: 14 449 pixels of the face box differ by over 10 levels; outside it none differs at all)
+    assert (difference[40:380, 20:380] > 10).sum() > 5000, "the avatar's face is on the visitor's"
+    assert np.percentile(difference[:380, 420:], 99) < 8, "the rest is the camera picture itself"

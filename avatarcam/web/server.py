@@ -32,7 +32,7 @@ import numpy as np
 
 from avatarcam.config import Config
 from avatarcam.errors import ConfigError, FaceMimicError
-from avatarcam.generators import GENERATORS, build_reenactor, family
+from avatarcam.generators import GENERATORS, build_reenactor
 from avatarcam.landmarks import landmark_model_path
 from avatarcam.paths import project_path
 from avatarcam.web.library import AvatarLibrary
@@ -55,26 +55,15 @@ def is_local(host: str) -> bool:
 
 
 def offered_generators(config: Config) -> list[str]:
-    """The generators the page offers: web.generators, or generator.model and the built-in mesh.
-
-    Generators that draw on the camera frame (face swap) are not offered in the browser yet: its sessions render
-    square avatar canvases and do not stamp the "virtual avatar" disclosure badge. ConfigError when web.generators
-    names one explicitly; left out with a warning when it is only the configured generator.model."""
-    explicit = list(config.web.generators)
-    names = explicit or list(dict.fromkeys([config.generator.model, "mesh"]))
+    """The generators the page offers: web.generators, or generator.model and the built-in mesh (ConfigError
+    naming an unknown one). Face swap sends the visitor's camera picture with the avatar's face on it, stamped with
+    the "virtual avatar" badge as output.badge says."""
+    names = list(config.web.generators) or list(dict.fromkeys([config.generator.model, "mesh"]))
     unknown = [n for n in names if n not in GENERATORS]
     if unknown:
         raise ConfigError(f"web.generators names {', '.join(unknown)}, which are not generators: choose from "
                           f"{', '.join(GENERATORS)}")
-    on_frame = [n for n in names if family(n).draws_on_frame]
-    if on_frame and explicit:
-        raise ConfigError(f"web.generators names {', '.join(on_frame)}, which the browser mode does not offer (it "
-                          f"draws on the camera picture, which the page does not support yet): remove it")
-    if on_frame:
-        log.warning("the browser mode does not offer %s (it draws on the camera picture, which the page does not "
-                    "support yet): the page offers %s", ", ".join(on_frame),
-                    ", ".join(n for n in names if n not in on_frame))
-    return [n for n in names if n not in on_frame]
+    return names
 
 
 @dataclass
@@ -98,6 +87,7 @@ def _meta(client: Client, item: Any, render_fps: float | None) -> str:
         "seq": item.seq, "latency_ms": round(item.latency_ms, 1), "calibration": item.calibration,
         "faces": len(item.faces), "avatar": session.avatar.name, "generator": session.generator,
         "render_fps": None if render_fps is None else round(render_fps, 1), "canvas": item.canvas_size,
+        "size": item.size,
     }
     if session.settings.overlay:
         meta["image_size"] = item.image_size
@@ -194,6 +184,7 @@ class WebServer:
             make_reenactor=self._make_reenactor, load_avatar=self.library.load,
             landmark_model=landmark_model_path(config),
             calibration_window_s=config.calibration.window_s, calibration_strict=config.calibration.strict,
+            badge=config.output.badge,
         )
         self.app = web.Application(middlewares=[self._guard],
                                    client_max_size=int(config.web.max_upload_mb * 2**20) + 4096)

@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 
 from avatarcam.avatars import Avatar
+from avatarcam.disclosure import DisclosureBadge
+from avatarcam.generators import family, output_shape
 from avatarcam.generators.base import Reenactor
 from avatarcam.handoff import LatestSlot
 from avatarcam.landmarks import FaceLandmarker
@@ -59,7 +61,7 @@ class ClientSettings:
     overlay: bool = False
     """Send the landmarks to the page, which draws them over the camera picture."""
     passthrough: bool = False
-    """Send the camera picture (centre square) instead of the avatar."""
+    """Send the camera picture (centre square; the whole picture in face swap) instead of the avatar."""
 
     def merged(self, changes: Mapping[str, Any]) -> ClientSettings:
         """These settings with `changes` applied; ValueError naming the key, the value and the allowed range."""
@@ -107,8 +109,12 @@ class Outgoing:
     """One rendered canvas, ready to send, and what the page shows beside it."""
 
     yuv_i420: np.ndarray
-    """(S * 3 // 2, S) uint8 I420 planes of the (S, S) canvas (what the video encoder takes)."""
+    """(H * 3 // 2, W) uint8 I420 planes of the (H, W) picture (what the video encoder takes): the (S, S) avatar
+    canvas, or in face swap (a draws_on_frame generator) the camera picture, cut to even sides."""
     canvas_size: int
+    """S, the generator's avatar canvas side."""
+    size: tuple[int, int]
+    """(W, H) of the picture sent, in pixels."""
     seq: int
     latency_ms: float
     """Arrival of the driving frame at the server to the end of rendering."""
@@ -129,6 +135,9 @@ class SessionParts:
     landmark_model: Path
     calibration_window_s: float = 0.3
     calibration_strict: bool = True
+    badge: str = "auto"
+    """output.badge: the "virtual avatar" label on what the page gets (auto: with a generator that draws on the
+    camera picture, i.e. face swap)."""
 
 
 class ClientSession(Worker):
@@ -159,6 +168,7 @@ class ClientSession(Worker):
         self.calibrator = Calibrator(window_s=parts.calibration_window_s, strict=parts.calibration_strict)
         self._neutral: Any = None
         self._canvas = np.zeros((self.reenactor.canvas_size,) * 2 + (3,), np.uint8)
+        self.badge = DisclosureBadge.for_output(parts.badge, family(generator).draws_on_frame)
         self._start_s = time.perf_counter()
         self._failures_in_a_row = 0
         self.frames_rendered = 0
@@ -241,6 +251,7 @@ class ClientSession(Worker):
         self.generator, self.avatar, self._prepared = name, avatar, prepared
         self._apply_motion_settings()
         self._canvas = np.zeros((reenactor.canvas_size,) * 2 + (3,), np.uint8)
+        self.badge.enabled = DisclosureBadge.for_output(self.parts.badge, family(name).draws_on_frame).enabled
         self._recalibrate()
 
     def _use_settings(self, settings: ClientSettings) -> None:
@@ -294,13 +305,22 @@ class ClientSession(Worker):
         except Exception as exc:  # one bad frame is "no face", never the end of the feed
             self._warn("session %s: face landmarks failed: %s", self.session_id[:6], exc)
             faces = []
-        observed = Observed(frame=Frame(image, self.frames_rendered, item.arrival_s), face=faces[0] if faces else None)
+        observed = Observed(frame=Frame(image, self.frames_rendered, item.arrival_s), face=faces[0] if faces else None,
+                            more_faces=tuple(faces[1:]))
+        shape = output_shape(self.reenactor, image.shape)  # face swap draws on the camera picture, of its size
+        if self._canvas.shape != shape:
+            self._canvas = np.zeros(shape, np.uint8)
         if not self._draw(observed, time_s):
             return
         self.frames_rendered += 1
-        size = self._canvas.shape[0]
+        shown = self.badge.stamp(self._canvas)
+        height, width = shown.shape[:2]
+        if height % 2 or width % 2:  # I420 has half-size colour planes: even sides only
+            height, width = height - height % 2, width - width % 2
+            shown = np.ascontiguousarray(shown[:height, :width])
         self.outgoing.put(Outgoing(
-            yuv_i420=cv2.cvtColor(self._canvas, cv2.COLOR_BGR2YUV_I420), canvas_size=size, seq=self.frames_rendered,
+            yuv_i420=cv2.cvtColor(shown, cv2.COLOR_BGR2YUV_I420), canvas_size=self.reenactor.canvas_size,
+            size=(width, height), seq=self.frames_rendered,
             latency_ms=(time.perf_counter() - item.arrival_s) * 1000, faces=tuple(faces),
             image_size=(image.shape[1], image.shape[0]),
             calibration="calibrated" if self._neutral is not None else self.calibrator.status,
