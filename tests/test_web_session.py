@@ -362,6 +362,7 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path):
     assert f"web session {answer['session'][:6]} closed (0 left)" in log
     assert "web server stopped (1 session closed)" in log
     assert NOTICE_TEXT.splitlines()[0] in log and (tmp_path / "notice.json").is_file()
+    assert "CandidatePair" not in log  # aioice's per-check INFO lines only with --log-level DEBUG
 
 
 def test_the_token_comes_from_the_environment_and_a_command_line_token_is_warned_about(monkeypatch, caplog):

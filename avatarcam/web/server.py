@@ -545,12 +545,21 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
 
 
+def quiet_webrtc_logs() -> None:
+    """aioice logs every ICE candidate pair check at INFO (a dozen lines per visitor): keep them for --log-level
+    DEBUG, show only their warnings otherwise."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in ("aioice", "aiortc"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def serve(config: Config, *, stop: threading.Event | None = None,
           on_ready: Callable[[Listening], None] | None = None) -> int:
     """Serve the page until Ctrl+C or `stop` (cli sets it on SIGTERM); prints the URL(s). Every session's
     connection and thread is closed before it returns; returns the exit code, 0."""
     stop = stop or threading.Event()
     limit_malloc_arenas()
+    quiet_webrtc_logs()
 
     async def main() -> None:
         runner, server, listening = await _start(config)
