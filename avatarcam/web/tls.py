@@ -210,6 +210,7 @@ async def _sort(conn: socket.socket, server: Any, context: ssl.SSLContext, port:
     """Hand a TLS connection to the aiohttp `server` (its protocol factory); answer plain HTTP with a redirect."""
     handed_over = False
     try:
+        conn.setblocking(False)  # the peek must never block the loop (a proactor loop's accept may not set it)
         first = await _first_byte(conn, FIRST_BYTE_TIMEOUT_S)
         if first and first[0] == TLS_HANDSHAKE:
             await asyncio.get_running_loop().connect_accepted_socket(
