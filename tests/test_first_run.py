@@ -162,6 +162,20 @@ def _drawn_preview(display: str, timeout_s: float = 30.0, remap_after_s: float =
         time.sleep(0.2)
 
 
+def _settled_preview(display: str, timeout_s: float = 20.0) -> np.ndarray:
+    """The preview once two looks 0.5 s apart agree (a frozen picture that has reached the window)."""
+    deadline = time.monotonic() + timeout_s
+    previous = _preview_box(display)
+    while True:
+        time.sleep(0.5)
+        view = _preview_box(display)
+        if view.shape == previous.shape and np.abs(view.astype(np.int16) - previous).mean() < 1.0:
+            return view
+        if time.monotonic() > deadline:
+            return view
+        previous = view
+
+
 @xvfb
 def test_named_missing_camera_opens_the_preview_at_once_and_esc_quits(tmp_path):
     from tests.test_app_x11 import AppChild
@@ -208,14 +222,18 @@ def test_sample_fallback_shows_a_demo_banner_help_and_notices(tmp_path):
             # Freeze the picture first, so that only the help box can change the middle of the window.
             xdotool(display, "key", "f")
             app.wait_for("command: freeze")
-            time.sleep(0.8)
-            plain = _preview_box(display)
-            xdotool(display, "key", "h")
-            app.wait_for("command: help")
-            time.sleep(0.8)
-            with_help = _preview_box(display)
+            plain = _settled_preview(display)
             h = plain.shape[0]
             middle = (slice(int(0.15 * h), int(0.5 * h)), slice(None))
+            xdotool(display, "key", "h")
+            app.wait_for("command: help")
+            # A loaded machine may take a while to draw the next frame: look for the box for up to 20 s.
+            deadline = time.monotonic() + 20
+            while True:
+                with_help = _preview_box(display)
+                if with_help[middle].mean() < plain[middle].mean() - 15 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.3)
             assert with_help[middle].mean() < plain[middle].mean() - 15, "no key-hint box drawn"
             xdotool(display, "key", "s")
             app.wait_for("snapshot saved")
