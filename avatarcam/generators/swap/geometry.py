@@ -49,6 +49,34 @@ def _hole_fill_triangles() -> np.ndarray:
 
 HOLE_POLYGONS = (np.array(lm.RIGHT_EYE_RING), np.array(lm.LEFT_EYE_RING), np.array(lm.LIPS_INNER))
 """Landmark rings of the user's eyes and inner lips: where the user's own eyes and mouth show through."""
+OPENINGS = np.concatenate([*HOLE_POLYGONS, np.array(lm.RIGHT_IRIS + lm.LEFT_IRIS)])
+"""Landmarks of the eye and inner-lip contours and the irises (they move with every blink and word)."""
+
+
+EYE_GAP_PAIRS = (((160, 144), (159, 145), (158, 153)), ((385, 380), (386, 374), (387, 373)))
+"""Upper and lower lid landmarks facing each other across the right and the left eye's opening."""
+EYE_CORNERS = ((33, 133), (362, 263))
+"""Outer and inner corner of the right and the left eye."""
+
+
+def eye_openness(points: np.ndarray) -> np.ndarray:
+    """(2,) float32 opening of the right and the left eye from (478, >=2) landmarks: mean lid gap over the eye's
+    width (about 0.3 open, under 0.1 closed, as the eye aspect ratio of Soukupova and Cech 2016)."""
+    out = np.empty(2, np.float32)
+    for k, (pairs, (a, b)) in enumerate(zip(EYE_GAP_PAIRS, EYE_CORNERS)):
+        gap = np.mean([np.linalg.norm(points[u, :2] - points[v, :2]) for u, v in pairs])
+        out[k] = gap / max(float(np.linalg.norm(points[a, :2] - points[b, :2])), 1e-6)
+    return out
+
+
+def _lid_bands(mesh: np.ndarray) -> np.ndarray:
+    """(T,) uint8 1 for the mesh triangles within two rings of triangles around the right eye's contour (its lids,
+    lashes and lid fold), 2 for the left eye's, else 0."""
+    band = np.zeros(len(mesh), np.uint8)
+    for value, ring in ((1, lm.RIGHT_EYE_RING), (2, lm.LEFT_EYE_RING)):
+        first = np.isin(mesh, ring).any(1)
+        band[np.isin(mesh, mesh[first]).any(1)] = value
+    return band
 
 
 @dataclass(frozen=True)
@@ -66,7 +94,14 @@ class SwapFace:
     avatar_rigid: np.ndarray
     """(R, 2) float32 avatar canvas positions of landmarks.RIGID_POINTS (the face's overall similarity map)."""
     avatar_points: np.ndarray
-    """(478, 2) float32 avatar canvas positions of every landmark (the avatar's face shape)."""
+    """(478, 3) float32 avatar canvas positions (x, y and MediaPipe's depth z, pixels) of every landmark: the
+    avatar's face shape in 3D."""
+    lid_band: np.ndarray
+    """(mesh_count,) uint8 1 / 2 on the right / left eye's lid triangles (two rings of triangles around the eye's
+    contour), 0 elsewhere: where the user's own lids show as the eye closes."""
+    judged: np.ndarray
+    """(mesh_count,) bool mesh triangles whose look is steady enough to judge occlusion by (none of their corners on
+    an eye or inner-lip contour or an iris, which move with every blink and word, nor on the face's outline)."""
     shape_weight: np.ndarray
     """(478,) float32 how much of the avatar's face shape each user landmark takes on (0 on the eye and inner-lip
     contours whose openings show the user's own eyes and mouth, rising to 1 a quarter eye distance away)."""
@@ -81,35 +116,96 @@ def prepare_face(points: np.ndarray, *, avatar_eyes_mouth: bool) -> SwapFace:
     if avatar_eyes_mouth:
         weight = np.ones(len(xy), np.float32)
     else:
-        openings = np.concatenate([np.array(r) for r in HOLE_POLYGONS] + [np.array(lm.RIGHT_IRIS + lm.LEFT_IRIS)])
         eye_distance = float(np.linalg.norm(xy[lm.RIGHT_IRIS[0]] - xy[lm.LEFT_IRIS[0]])) or 1.0
-        nearest = np.sqrt(((xy[:, None, :] - xy[None, openings, :]) ** 2).sum(-1)).min(1) / eye_distance
+        nearest = np.sqrt(((xy[:, None, :] - xy[None, OPENINGS, :]) ** 2).sum(-1)).min(1) / eye_distance
         t = np.clip((nearest - 0.05) / 0.2, 0.0, 1.0)
         weight = (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+    moving = np.zeros(len(xy), bool)
+    moving[OPENINGS] = True
+    moving[list(lm.FACE_OVAL)] = True  # the outline's triangles take in hair and background as the head moves
     return SwapFace(triangles=triangles, mesh_count=len(mesh), avatar_corners=corners,
+                    lid_band=_lid_bands(mesh), judged=~moving[mesh].any(1),
                     avatar_area=signed_areas(corners),
                     avatar_rigid=np.ascontiguousarray(points[list(lm.RIGID_POINTS), :2].astype(np.float32)),
-                    avatar_points=np.ascontiguousarray(xy), shape_weight=weight)
+                    avatar_points=np.ascontiguousarray(points[:, :3].astype(np.float32)), shape_weight=weight)
 
 
 def user_to_avatar(face: SwapFace, user_points: np.ndarray) -> np.ndarray:
-    """(3, 2) float32 similarity from the user's frame pixels to the avatar canvas, fitted on the rigid landmarks."""
-    return similarity(user_points[list(lm.RIGID_POINTS), :2].astype(np.float32), face.avatar_rigid)
+    """(4, 3) float32 3D similarity from the user's landmarks (frame pixels and depth) to the avatar's, fitted on
+    the rigid landmarks: [x, y, z, 1] @ M is the point in the avatar's head frame, whatever the head's pose."""
+    rigid = list(lm.RIGID_POINTS)
+    return similarity(user_points[rigid, :3].astype(np.float32), face.avatar_points[rigid])
 
 
-def identity_shape(face: SwapFace, user_points: np.ndarray, user_mean: np.ndarray, amount: float) -> np.ndarray:
+@dataclass
+class UserShape:
+    """The user's face over recent frames (a slow average, so expressions pass through), as the shape transfer
+    measures it: landmarks in the avatar's 3D frame, and the mean pose and size there."""
+
+    points: np.ndarray
+    """(478, 3) float32 the user's landmarks in the avatar's frame (3D similarity on the rigid landmarks)."""
+    rotation: np.ndarray
+    """(3, 3) float64 mean rotation of that similarity (row vectors: avatar = user @ rotation x scale + shift)."""
+    scale: float
+    """Mean scale of that similarity (avatar pixels per frame pixel)."""
+    plane: np.ndarray
+    """(2, 2) float64 mean linear part of the 2D similarity user -> avatar (the face's roll and size in the image)."""
+
+    @classmethod
+    def start(cls, face: SwapFace, user_points: np.ndarray) -> UserShape:
+        """The average of one frame."""
+        points, rotation, scale, plane = _pose(face, user_points)
+        return cls(points=points, rotation=rotation, scale=scale, plane=plane)
+
+    def update(self, face: SwapFace, user_points: np.ndarray, alpha: float) -> None:
+        """Blend one frame in with weight alpha (0..1)."""
+        points, rotation, scale, plane = _pose(face, user_points)
+        self.points += np.float32(alpha) * (points - self.points)
+        self.rotation += alpha * (rotation - self.rotation)
+        self.scale += alpha * (scale - self.scale)
+        self.plane += alpha * (plane - self.plane)
+
+
+def _pose(face: SwapFace, user_points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """The user's landmarks in the avatar's 3D frame, the rotation and scale of that 3D similarity, and the linear
+    part of the 2D similarity."""
+    m3 = user_to_avatar(face, user_points).astype(np.float64)
+    scale = float(np.cbrt(np.linalg.det(m3[:3])))
+    rigid = list(lm.RIGID_POINTS)
+    plane = similarity(user_points[rigid, :2].astype(np.float32), face.avatar_points[rigid, :2])[:2]
+    points = (user_points[:, :3] @ m3[:3] + m3[3]).astype(np.float32)
+    return points, m3[:3] / max(scale, 1e-9), scale, plane.astype(np.float64)
+
+
+def _orthonormal(matrix: np.ndarray) -> np.ndarray:
+    """The rotation nearest to a (3, 3) matrix (an average of rotations is not one)."""
+    u, _, vt = np.linalg.svd(matrix)
+    return u @ vt
+
+
+def identity_shape(face: SwapFace, user_points: np.ndarray, mean: UserShape, amount: float) -> np.ndarray:
     """(478, 3) float32 user landmarks moved `amount` (0..1) of the way from the user's own face shape to the
-    avatar's, keeping the user's pose and expression: each point moves by shape_weight x amount x (avatar point -
-    the user's mean shape point), both in the avatar's canvas frame, carried back into the frame by the inverse of
-    the rigid similarity. `user_mean` is the user's (478, 2) shape over recent frames in the avatar's frame."""
-    to_avatar = user_to_avatar(face, user_points)
-    linear = to_avatar[:2].astype(np.float64)
-    det = float(np.linalg.det(linear))
-    if abs(det) < 1e-9:
+    avatar's, keeping the user's pose and expression.
+
+    Each point moves by shape_weight x amount x (avatar point - the user's mean point), both in the avatar's 3D
+    frame. At the user's mean pose that difference is carried into the frame as a 2D similarity would (the
+    avatar's face as it looks in its picture, whatever its own pose); as the head turns away from its mean pose the
+    difference turns with it (the rotation since the mean pose, from the 3D similarity). A difference that stayed
+    flat would pull a turned head's outline and nose back towards the avatar's frontal ones, and dlib's pose
+    estimate with them; the mean in 3D, unlike a 2D mean, does not take a held turn in as the user's shape.
+    """
+    m3 = user_to_avatar(face, user_points).astype(np.float64)
+    scale = float(np.cbrt(np.linalg.det(m3[:3])))
+    plane_det = float(np.linalg.det(mean.plane))
+    if scale < 1e-9 or plane_det <= 1e-12:
         return user_points
-    offset = (face.avatar_points - user_mean) @ np.linalg.inv(linear)
+    turn = _orthonormal(mean.rotation) @ (m3[:3] / scale).T  # mean-pose frame -> this frame (row vectors)
+    back = np.eye(3)
+    back[:2, :2] = np.linalg.inv(mean.plane)
+    back[2, 2] = 1.0 / np.sqrt(plane_det)
+    offset = (face.avatar_points - mean.points) @ back @ turn * (mean.scale / scale)
     moved = user_points.copy()
-    moved[:, :2] += (amount * face.shape_weight)[:, None] * offset.astype(np.float32)
+    moved[:, :3] += (amount * face.shape_weight)[:, None] * offset.astype(np.float32)
     return moved
 
 
@@ -143,13 +239,13 @@ def triangle_affines(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """(3, 2) float32 M, dst ~ [x, y, 1] @ M: the least-squares similarity (rotation, scale, shift) of (N, 2)
-    points (Umeyama 1991)."""
+    """(D + 1, D) float32 M, dst ~ [p, 1] @ M: the least-squares similarity (rotation, scale, shift) of (N, D)
+    points, D = 2 or 3 (Umeyama 1991)."""
     mu_s, mu_d = src.mean(0), dst.mean(0)
     s, d = src - mu_s, dst - mu_d
     cov = d.T @ s / len(src)
     u, sig, vt = np.linalg.svd(cov)
-    flip = np.diag([1.0, np.sign(np.linalg.det(u @ vt))])
+    flip = np.diag([1.0] * (src.shape[1] - 1) + [float(np.sign(np.linalg.det(u @ vt)))])
     rot = u @ flip @ vt
     scale = float(np.trace(np.diag(sig) @ flip) / max((s**2).sum() / len(src), 1e-9))
     a = scale * rot
@@ -211,6 +307,19 @@ class FaceMap:
     """(h, w) uint8 1 where a front-facing triangle of the face mesh covers the pixel, else 0."""
     holes: np.ndarray
     """(h, w) uint8 1 inside the user's eyes and inner lips (the user shows through), else 0."""
+    index: np.ndarray
+    """(h, w) uint16 the number + 1 of the triangle drawn at each pixel, 0 where none is."""
+    lids: np.ndarray
+    """(h, w) uint8 1 / 2 on the right / left eye's lid triangles, else 0."""
+    front: np.ndarray
+    """(T,) bool triangles drawn (facing the camera and not seen edge-on)."""
+
+
+def lid_table(face: SwapFace) -> np.ndarray:
+    """(T + 1,) uint8 SwapFace.lid_band by triangle number + 1 (entry 0: no triangle), for a triangle-index image."""
+    table = np.zeros(len(face.triangles) + 1, np.uint8)
+    table[1: face.mesh_count + 1] = face.lid_band
+    return table
 
 
 def build_map(face: SwapFace, user_points: np.ndarray, box: FaceBox, *, with_holes: bool) -> FaceMap:
@@ -253,5 +362,6 @@ def build_map(face: SwapFace, user_points: np.ndarray, box: FaceBox, *, with_hol
     if with_holes:
         cv2.fillPoly(holes, [np.round(low[ring] * 16).astype(np.int32) for ring in HOLE_POLYGONS], 1,
                      lineType=cv2.LINE_8, shift=4)
-    return FaceMap(map_x=map_x.astype(np.float32), map_y=map_y.astype(np.float32), covered=covered, holes=holes)
+    return FaceMap(map_x=map_x.astype(np.float32), map_y=map_y.astype(np.float32), covered=covered, holes=holes,
+                   index=index, lids=lid_table(face)[index], front=front)
 

@@ -22,14 +22,18 @@ from avatarcam.avatars import Avatar
 from avatarcam.generators.base import GeneratorSections
 from avatarcam.generators.swap.colour import ColourMatch, apply_lab_transform, lab_stats
 from avatarcam.generators.swap.geometry import (
+    FaceBox,
+    FaceMap,
     SwapFace,
+    UserShape,
     build_map,
+    eye_openness,
     face_box,
     head_turn_deg,
     identity_shape,
     prepare_face,
-    user_to_avatar,
 )
+from avatarcam.generators.swap.occlusion import OcclusionModel, triangle_features
 from avatarcam.matching import shape_distance
 from avatarcam.motion import MotionSettings
 from avatarcam.types import FaceObservation, Observed
@@ -45,6 +49,17 @@ APPEAR_S = 0.12
 """Time constant of the fade-in of a face that appears."""
 SHAPE_TIME_S = 1.5
 """Time constant of the user's mean face shape (a slow average: expressions pass through, identity stays)."""
+COVER_GROW = 0.03
+"""The covered region is grown by this share of the face box (past the unjudged lid and lip triangles and the
+cover's own edge) and feathered as much."""
+LID_CLOSING = (0.8, 0.45)
+"""Eye opening (geometry.eye_openness) as a share of the user's usual opening where the user's own lids start to
+show instead of the avatar's, and where only the user's show: the avatar's lashes and lid lines lie partly outside
+its eye contour, so on the user's closing contour they would still draw an open eye."""
+EYE_TIME_S = 2.0
+"""Time constant of the user's usual eye opening (blinks are short and barely move it)."""
+SPECK = 0.025
+"""Covered regions narrower than about twice this share of the face box (a triangle or two) are noise, not a cover."""
 
 
 def _smoothstep(edge0: float, edge1: float, x: float) -> float:
@@ -65,6 +80,8 @@ class SwapSettings:
     """How far the user's face shape (outline, nose, brows, cheeks) is moved to the avatar's, 0..1: a face is
     recognised by its shape as much as by its skin. The eye and inner-lip contours stay the user's while their
     openings show the user's own eyes and mouth."""
+    occlusion: bool = True
+    """Fade the swap out where something covers the user's face (occlusion.OcclusionModel)."""
 
 
 @dataclass(frozen=True)
@@ -86,8 +103,11 @@ class _Slot:
     colour: ColourMatch
     presence: float = 0.0
     last_time_s: float | None = None
-    mean_shape: np.ndarray | None = None
-    """(478, 2) float32 the user's face shape over recent frames, in the avatar's canvas frame."""
+    mean_shape: UserShape | None = None
+    """The user's face shape over recent frames, in the avatar's 3D frame."""
+    occlusion: OcclusionModel = field(default_factory=OcclusionModel)
+    eye_open: np.ndarray | None = None
+    """(2,) float32 the user's usual opening of the right and the left eye (geometry.eye_openness)."""
 
 
 @dataclass
@@ -118,6 +138,8 @@ class SwapReenactor:
         """The blend weight of each face drawn in the last render (pose fade x fade-in), for tests and logs."""
         self.last_colour: list[np.ndarray | None] = []
         """The (3, 4) Lab transform applied to each face in the last render."""
+        self.last_covered: list[np.ndarray | None] = []
+        """The (h, w) float32 0..1 covered share of each face's low-resolution box in the last render."""
 
     def prepare(self, avatar: Avatar) -> PreparedSwap:
         """The avatar's triangles (its landmarks were found once, by avatars.load_avatar)."""
@@ -145,7 +167,7 @@ class SwapReenactor:
         np.copyto(out, frame)
         faces = observed.faces[: self.settings.max_faces]
         slots = self._match_slots(faces)
-        self.last_weights, self.last_colour = [], []
+        self.last_weights, self.last_colour, self.last_covered = [], [], []
         stage = {"map": 0.0, "colour": 0.0, "blend": 0.0}
         for face, slot in zip(faces, slots):
             self._draw_face(prepared, face, slot, frame, out, time_s, stage)
@@ -191,25 +213,34 @@ class SwapReenactor:
         box = face_box(points, (width, height))  # around the reshaped face, which may reach past the user's
         if box is None or weight <= 1e-3:
             self.last_colour.append(None)
+            self.last_covered.append(None)
             return
         fmap = build_map(prepared.face, points, box, with_holes=not self.settings.avatar_eyes_mouth)
         t1 = time.perf_counter()
         low_w, low_h = box.low_size
         inside = fmap.covered & (1 - fmap.holes)
         radius = max(1, round(FEATHER * max(low_w, low_h)))
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        kernel = _disc(radius)
         core = cv2.erode(inside, kernel)
         user_box = frame[box.y0:box.y1, box.x0:box.x1]
         avatar_low = cv2.remap(prepared.image_bgr, fmap.map_x, fmap.map_y, cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REPLICATE)
         user_low = cv2.resize(user_box, (low_w, low_h), interpolation=cv2.INTER_AREA)
+        covered = self._covered(prepared.face, face.points_px, box, fmap, user_low, slot, time_s)
+        self.last_covered.append(covered)
+        if covered is not None:
+            core &= (covered < 0.5).astype(np.uint8)
         slot.colour.update(lab_stats(avatar_low, core), lab_stats(user_low, core), time_s)
         matrix = slot.colour.matrix()
         self.last_colour.append(matrix)
         t2 = time.perf_counter()
         outer = cv2.GaussianBlur(cv2.erode(fmap.covered, kernel).astype(np.float32), (0, 0), radius)
         holes = cv2.GaussianBlur(fmap.holes.astype(np.float32), (0, 0), 0.6)
+        if not self.settings.avatar_eyes_mouth:
+            holes = np.maximum(holes, self._closing_lids(fmap, face.points_px, slot, dt))
         mask_low = outer * (1.0 - holes) * np.float32(weight)
+        if covered is not None:
+            mask_low *= 1.0 - covered
         size = box.size
         map_x = cv2.resize(fmap.map_x, size, interpolation=cv2.INTER_LINEAR)
         map_y = cv2.resize(fmap.map_y, size, interpolation=cv2.INTER_LINEAR)
@@ -224,15 +255,49 @@ class SwapReenactor:
         stage["colour"] += (t2 - t1) * 1000
         stage["blend"] += (t3 - t2) * 1000
 
+    def _closing_lids(self, fmap: FaceMap, user_points: np.ndarray, slot: _Slot, dt: float) -> np.ndarray:
+        """(h, w) float32 0..1 where the user's own lids show, feathered: on each eye's lid triangles, as much as
+        that eye is closing against the user's usual opening (LID_CLOSING)."""
+        opening = eye_openness(user_points)
+        if slot.eye_open is None:
+            slot.eye_open = opening.copy()
+        else:
+            slot.eye_open += (1.0 - math.exp(-dt / EYE_TIME_S)) * (opening - slot.eye_open)
+        relative = opening / np.maximum(slot.eye_open, 1e-6)
+        closing = [_smoothstep(LID_CLOSING[0], LID_CLOSING[1], float(r)) for r in relative]
+        table = np.array([0.0, *closing], np.float32)
+        return cv2.GaussianBlur(table[fmap.lids], (0, 0), 1.5)
+
+    def _covered(self, face: SwapFace, user_points: np.ndarray, box: FaceBox, fmap: FaceMap, user_low: np.ndarray,
+                 slot: _Slot, time_s: float) -> np.ndarray | None:
+        """(h, w) float32 0..1 how surely each low-resolution box pixel is covered (grown and feathered); None with
+        the option off. The user's own (not reshaped) triangles are sampled, so each keeps its place on the face."""
+        if not self.settings.occlusion:
+            return None
+        low_w, low_h = box.low_size
+        scale = np.array([low_w / box.size[0], low_h / box.size[1]], np.float32)
+        low = (user_points[:, :2] - np.array([box.x0, box.y0], np.float32) + 0.5) * scale - 0.5
+        mesh = face.triangles[: face.mesh_count]
+        centroids = low[mesh].mean(1)
+        inside = (centroids >= 0).all(1) & (centroids[:, 0] <= low_w - 1) & (centroids[:, 1] <= low_h - 1)
+        judged = face.judged & fmap.front[: face.mesh_count] & inside
+        per_triangle = slot.occlusion.update(triangle_features(user_low, centroids), judged, time_s)
+        table = np.zeros(len(face.triangles) + 1, np.float32)
+        table[1: face.mesh_count + 1] = per_triangle
+        side = max(low_w, low_h)
+        # Opening first: a lone triangle that reads as covered (a glint, a compression block) is noise; a hand
+        # covers several neighbours. Then grown past the cover's edge and feathered.
+        speck, grow = max(1, round(SPECK * side)), max(1, round(COVER_GROW * side))
+        covered = cv2.erode(table[fmap.index], _disc(speck))
+        return cv2.GaussianBlur(cv2.dilate(covered, _disc(speck + grow)), (0, 0), grow)
+
     def _reshaped(self, face: SwapFace, points: np.ndarray, slot: _Slot, dt: float, frontal: float) -> np.ndarray:
         """The user's landmarks with the avatar's face shape (SwapSettings.shape), less of it as the head turns
         (a frontal shape difference applied to a turned face would misplace the features)."""
-        to_avatar = user_to_avatar(face, points)
-        shape = points[:, :2] @ to_avatar[:2] + to_avatar[2]
         if slot.mean_shape is None:
-            slot.mean_shape = shape.astype(np.float32)
+            slot.mean_shape = UserShape.start(face, points)
         else:
-            slot.mean_shape += (1.0 - math.exp(-dt / SHAPE_TIME_S)) * (shape - slot.mean_shape)
+            slot.mean_shape.update(face, points, 1.0 - math.exp(-dt / SHAPE_TIME_S))
         return identity_shape(face, points, slot.mean_shape, self.settings.shape * frontal)
 
     def reset(self) -> None:
@@ -251,6 +316,11 @@ class SwapReenactor:
         """Nothing to release (numpy/cv2 only); idempotent."""
 
 
+def _disc(radius: int) -> np.ndarray:
+    """An elliptic structuring element of the given radius in pixels."""
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
 def _cover(image_bgr: np.ndarray, out: np.ndarray) -> None:
     """`image_bgr` scaled to cover `out` and centre-cropped (no observation yet: the avatar at rest)."""
     h, w = out.shape[:2]
@@ -262,9 +332,10 @@ def _cover(image_bgr: np.ndarray, out: np.ndarray) -> None:
 
 
 def build_swap_reenactor(sections: GeneratorSections) -> SwapReenactor:
-    """The swap reenactor for generator.{canvas_size, swap_max_faces, swap_eyes_mouth, swap_colour_time_s}."""
+    """The swap reenactor for generator.{canvas_size, swap_max_faces, swap_eyes_mouth, swap_colour_time_s,
+    swap_occlusion}."""
     g = sections.generator
     settings = SwapSettings(max_faces=g.swap_max_faces, avatar_eyes_mouth=g.swap_eyes_mouth == "avatar",
-                            colour_time_s=g.swap_colour_time_s)
+                            colour_time_s=g.swap_colour_time_s, occlusion=g.swap_occlusion)
     return SwapReenactor(canvas_size=g.canvas_size, settings=settings,
                          motion=MotionSettings.from_section(sections.motion))
