@@ -75,15 +75,25 @@ def test_the_output_is_the_camera_frame_with_the_avatar_face_on_it(portrait_avat
     cheeks = _ring_mask(points, lm.FACE_OVAL, frame.shape, 25) & ~_ring_mask(points, lm.LIPS_OUTER, frame.shape, -8)
     changed = np.abs(out.astype(int) - frame.astype(int)).mean(2)[cheeks].mean()
     assert changed > 8, f"the face region shows the avatar (mean change {changed:.1f} levels)"
-    # The user's open mouth shows through the avatar's lips by default; the option draws the avatar's mouth.
+    # The user's open mouth shows through the avatar's lips by default, where the shape transfer put it (scaled to
+    # the avatar's mouth: lp_s42's is narrower, measured 130 dark pixels of the user's 292); the option draws the
+    # avatar's mouth instead (measured 0).
+    near_mouth = _ring_mask(points, lm.LIPS_OUTER, frame.shape, -25)
+    dark_user = int((frame.max(2)[near_mouth] < 70).sum())
+    dark_swapped = int((out.max(2)[near_mouth] < 70).sum())
+    assert dark_user > 200 and dark_swapped > 0.25 * dark_user, (dark_user, dark_swapped)
+    in_place = _swap(shape=0.0)
+    in_place.render(in_place.prepare(portrait_avatar), open_mouth, None, 0.0, out)
     mouth = _ring_mask(points, lm.LIPS_INNER, frame.shape, 3)
     assert mouth.sum() > 200
     user_mouth = np.abs(out.astype(int) - frame.astype(int)).mean(2)[mouth].mean()
-    assert user_mouth < 3, f"the user's mouth interior shows through (mean change {user_mouth:.1f})"
-    avatar_swap = _swap(avatar_eyes_mouth=True)
+    assert user_mouth < 3, f"without the shape transfer the mouth shows in place (mean change {user_mouth:.1f})"
+    avatar_swap = _swap(avatar_eyes_mouth=True, shape=0.0)
     avatar_swap.render(avatar_swap.prepare(portrait_avatar), open_mouth, None, 0.0, out)
     avatar_mouth = np.abs(out.astype(int) - frame.astype(int)).mean(2)[mouth].mean()
     assert avatar_mouth > 4 * max(user_mouth, 1.0), "eyes_mouth=avatar draws the avatar's mouth instead"
+    dark_avatar = int((out.max(2)[near_mouth] < 70).sum())
+    assert dark_avatar < 0.1 * dark_user, f"the avatar's closed mouth ({dark_avatar} dark pixels)"
 
 
 def test_every_face_up_to_the_maximum_is_swapped(model_path, portrait_avatar):
@@ -238,8 +248,9 @@ def _lid_region(points: np.ndarray, shape) -> np.ndarray:
 def test_a_blink_shows_the_users_own_closing_lids(model_path, portrait_avatar):
     """d14 blinks at frame 43 (MediaPipe's eye contour nearly shut): the avatar's lashes and lid lines lie partly
     outside its eye contour, so drawn on the closing contour they would still outline an open eye, and the judge's
-    dlib reads the avatar's eyes as open. While the eyes are open the avatar's lids are drawn."""
-    swap = _swap()
+    dlib reads the avatar's eyes as open. While the eyes are open the avatar's lids are drawn. (Without the shape
+    transfer, which would move the eyes, so that the frame's own lids are the reference.)"""
+    swap = _swap(shape=0.0)
     prepared = swap.prepare(portrait_avatar)
     changes = {}
     with FaceLandmarker(model_path=model_path, mode="video") as landmarker:
@@ -250,5 +261,5 @@ def test_a_blink_shows_the_users_own_closing_lids(model_path, portrait_avatar):
             if i in (40, 43):
                 lids = _lid_region(face.points_px, frame.shape)
                 changes[i] = float(np.abs(out.astype(int) - frame.astype(int)).mean(2)[lids].mean())
-    assert changes[40] > 8, f"open eyes: the avatar's lids are drawn (mean change {changes[40]:.1f})"
+    assert changes[40] > 4, f"open eyes: the avatar's lids are drawn (mean change {changes[40]:.1f})"
     assert changes[43] < 0.3 * changes[40], f"a blink shows the user's own lids (mean change {changes})"

@@ -53,6 +53,12 @@ OPENINGS = np.concatenate([*HOLE_POLYGONS, np.array(lm.RIGHT_IRIS + lm.LEFT_IRIS
 """Landmarks of the eye and inner-lip contours and the irises (they move with every blink and word)."""
 
 
+FEATURE_RINGS = (np.array(lm.RIGHT_EYE_RING), np.array(lm.LEFT_EYE_RING), np.array(lm.LIPS_OUTER))
+"""The right eye, the left eye and the mouth: near its openings the shape transfer moves each eye as a whole
+(position, size, tilt: a similarity fitted on its contour), so the user's blinks stay the user's. The mouth stays
+where the user's is: moved and scaled to the avatar's, the teeth and lip gap read half as open to dlib (d14)."""
+MOVED_FEATURES = 2
+"""The first MOVED_FEATURES of FEATURE_RINGS are moved as a whole; the others stay in place."""
 EYE_GAP_PAIRS = (((160, 144), (159, 145), (158, 153)), ((385, 380), (386, 374), (387, 373)))
 """Upper and lower lid landmarks facing each other across the right and the left eye's opening."""
 EYE_CORNERS = ((33, 133), (362, 263))
@@ -62,20 +68,21 @@ EYE_CORNERS = ((33, 133), (362, 263))
 def eye_openness(points: np.ndarray) -> np.ndarray:
     """(2,) float32 opening of the right and the left eye from (478, >=2) landmarks: mean lid gap over the eye's
     width (about 0.3 open, under 0.1 closed, as the eye aspect ratio of Soukupova and Cech 2016)."""
-    out = np.empty(2, np.float32)
-    for k, (pairs, (a, b)) in enumerate(zip(EYE_GAP_PAIRS, EYE_CORNERS)):
-        gap = np.mean([np.linalg.norm(points[u, :2] - points[v, :2]) for u, v in pairs])
-        out[k] = gap / max(float(np.linalg.norm(points[a, :2] - points[b, :2])), 1e-6)
-    return out
+    pairs = np.array(EYE_GAP_PAIRS)  # (2 eyes, 3 pairs, 2)
+    corners = np.array(EYE_CORNERS)  # (2 eyes, 2)
+    gaps = np.linalg.norm(points[pairs[..., 0], :2] - points[pairs[..., 1], :2], axis=-1).mean(1)
+    widths = np.linalg.norm(points[corners[:, 0], :2] - points[corners[:, 1], :2], axis=-1)
+    return (gaps / np.maximum(widths, 1e-6)).astype(np.float32)
 
 
 def _lid_bands(mesh: np.ndarray) -> np.ndarray:
-    """(T,) uint8 1 for the mesh triangles within two rings of triangles around the right eye's contour (its lids,
-    lashes and lid fold), 2 for the left eye's, else 0."""
+    """(T,) uint8 1 for the mesh triangles within three rings of triangles around the right eye's contour (its
+    lids, lashes, lid fold and the skin up to the brow), 2 for the left eye's, else 0."""
     band = np.zeros(len(mesh), np.uint8)
     for value, ring in ((1, lm.RIGHT_EYE_RING), (2, lm.LEFT_EYE_RING)):
         first = np.isin(mesh, ring).any(1)
-        band[np.isin(mesh, mesh[first]).any(1)] = value
+        second = np.isin(mesh, mesh[first]).any(1)
+        band[np.isin(mesh, mesh[second]).any(1)] = value
     return band
 
 
@@ -97,11 +104,13 @@ class SwapFace:
     """(478, 3) float32 avatar canvas positions (x, y and MediaPipe's depth z, pixels) of every landmark: the
     avatar's face shape in 3D."""
     lid_band: np.ndarray
-    """(mesh_count,) uint8 1 / 2 on the right / left eye's lid triangles (two rings of triangles around the eye's
+    """(mesh_count,) uint8 1 / 2 on the right / left eye's lid triangles (three rings of triangles around the eye's
     contour), 0 elsewhere: where the user's own lids show as the eye closes."""
     judged: np.ndarray
     """(mesh_count,) bool mesh triangles whose look is steady enough to judge occlusion by (none of their corners on
     an eye or inner-lip contour or an iris, which move with every blink and word, nor on the face's outline)."""
+    feature: np.ndarray
+    """(478,) int64 the nearest of FEATURE_RINGS to each landmark (0 right eye, 1 left eye, 2 mouth)."""
     shape_weight: np.ndarray
     """(478,) float32 how much of the avatar's face shape each user landmark takes on (0 on the eye and inner-lip
     contours whose openings show the user's own eyes and mouth, rising to 1 a quarter eye distance away)."""
@@ -110,7 +119,9 @@ class SwapFace:
 def prepare_face(points: np.ndarray, *, avatar_eyes_mouth: bool) -> SwapFace:
     """The avatar's triangles from its (478, 3) canvas-pixel landmarks."""
     mesh = lm.tesselation_triangles()
-    triangles = np.concatenate([mesh, _hole_fill_triangles()]) if avatar_eyes_mouth else mesh
+    # The eye and mouth fills are drawn in both modes: with the user's eyes and mouth the mask leaves them out, but
+    # they carry the user's own eyes and mouth to where the shape transfer moved the openings.
+    triangles = np.concatenate([mesh, _hole_fill_triangles()])
     corners = np.ascontiguousarray(points[triangles][..., :2].astype(np.float32))
     xy = points[:, :2].astype(np.float32)
     if avatar_eyes_mouth:
@@ -120,6 +131,8 @@ def prepare_face(points: np.ndarray, *, avatar_eyes_mouth: bool) -> SwapFace:
         nearest = np.sqrt(((xy[:, None, :] - xy[None, OPENINGS, :]) ** 2).sum(-1)).min(1) / eye_distance
         t = np.clip((nearest - 0.05) / 0.2, 0.0, 1.0)
         weight = (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+    nearest_feature = np.stack([np.sqrt(((xy[:, None, :] - xy[None, ring, :]) ** 2).sum(-1)).min(1)
+                                for ring in FEATURE_RINGS], 1).argmin(1)
     moving = np.zeros(len(xy), bool)
     moving[OPENINGS] = True
     moving[list(lm.FACE_OVAL)] = True  # the outline's triangles take in hair and background as the head moves
@@ -127,85 +140,85 @@ def prepare_face(points: np.ndarray, *, avatar_eyes_mouth: bool) -> SwapFace:
                     lid_band=_lid_bands(mesh), judged=~moving[mesh].any(1),
                     avatar_area=signed_areas(corners),
                     avatar_rigid=np.ascontiguousarray(points[list(lm.RIGID_POINTS), :2].astype(np.float32)),
-                    avatar_points=np.ascontiguousarray(points[:, :3].astype(np.float32)), shape_weight=weight)
+                    avatar_points=np.ascontiguousarray(points[:, :3].astype(np.float32)), feature=nearest_feature,
+                    shape_weight=weight)
 
 
-def user_to_avatar(face: SwapFace, user_points: np.ndarray) -> np.ndarray:
-    """(4, 3) float32 3D similarity from the user's landmarks (frame pixels and depth) to the avatar's, fitted on
-    the rigid landmarks: [x, y, z, 1] @ M is the point in the avatar's head frame, whatever the head's pose."""
+_IMAGE_AXES = np.diag([1.0, -1.0, -1.0])
+"""MediaPipe's camera frame (y up, z towards the viewer) to the landmarks' image frame (y down, z away)."""
+
+
+def head_rotation(head_matrix: np.ndarray) -> np.ndarray:
+    """(3, 3) float64 rotation of the head from facing the camera, in the landmarks' image axes (x right, y down, z
+    away from the camera), from MediaPipe's (4, 4) facial transformation matrix: points_px - centre ~ frontal
+    shape @ rotation.T."""
+    rotation = _IMAGE_AXES @ head_matrix[:3, :3].astype(np.float64) @ _IMAGE_AXES
+    u, _, vt = np.linalg.svd(rotation)
+    return u @ vt
+
+
+def avatar_turn(face: SwapFace, user_points: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """(3, 3) float64 the avatar's head rotation from facing the camera (avatar points - centre ~ frontal shape @
+    result, row vectors), seen through the user's: the 3D similarity of the user's rigid landmarks onto the
+    avatar's after the user's own `rotation` (head_rotation). The avatar's picture has no facial transformation
+    matrix of its own here; averaged over frames it is steady."""
     rigid = list(lm.RIGID_POINTS)
-    return similarity(user_points[rigid, :3].astype(np.float32), face.avatar_points[rigid])
+    to_avatar = similarity(user_points[rigid, :3].astype(np.float32), face.avatar_points[rigid]).astype(np.float64)
+    return rotation.T @ _orthonormal(to_avatar[:3])
 
 
-@dataclass
-class UserShape:
-    """The user's face over recent frames (a slow average, so expressions pass through), as the shape transfer
-    measures it: landmarks in the avatar's 3D frame, and the mean pose and size there."""
-
-    points: np.ndarray
-    """(478, 3) float32 the user's landmarks in the avatar's frame (3D similarity on the rigid landmarks)."""
-    rotation: np.ndarray
-    """(3, 3) float64 mean rotation of that similarity (row vectors: avatar = user @ rotation x scale + shift)."""
-    scale: float
-    """Mean scale of that similarity (avatar pixels per frame pixel)."""
-    plane: np.ndarray
-    """(2, 2) float64 mean linear part of the 2D similarity user -> avatar (the face's roll and size in the image)."""
-
-    @classmethod
-    def start(cls, face: SwapFace, user_points: np.ndarray) -> UserShape:
-        """The average of one frame."""
-        points, rotation, scale, plane = _pose(face, user_points)
-        return cls(points=points, rotation=rotation, scale=scale, plane=plane)
-
-    def update(self, face: SwapFace, user_points: np.ndarray, alpha: float) -> None:
-        """Blend one frame in with weight alpha (0..1)."""
-        points, rotation, scale, plane = _pose(face, user_points)
-        self.points += np.float32(alpha) * (points - self.points)
-        self.rotation += alpha * (rotation - self.rotation)
-        self.scale += alpha * (scale - self.scale)
-        self.plane += alpha * (plane - self.plane)
-
-
-def _pose(face: SwapFace, user_points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-    """The user's landmarks in the avatar's 3D frame, the rotation and scale of that 3D similarity, and the linear
-    part of the 2D similarity."""
-    m3 = user_to_avatar(face, user_points).astype(np.float64)
-    scale = float(np.cbrt(np.linalg.det(m3[:3])))
-    rigid = list(lm.RIGID_POINTS)
-    plane = similarity(user_points[rigid, :2].astype(np.float32), face.avatar_points[rigid, :2])[:2]
-    points = (user_points[:, :3] @ m3[:3] + m3[3]).astype(np.float32)
-    return points, m3[:3] / max(scale, 1e-9), scale, plane.astype(np.float64)
+def frontal_avatar(face: SwapFace, turn: np.ndarray) -> np.ndarray:
+    """(478, 2) float32 the avatar's landmarks turned to face the camera (`turn` undone, avatar_turn), about their
+    centre, in canvas pixels."""
+    centred = face.avatar_points - face.avatar_points.mean(0)
+    return (centred @ _orthonormal(turn).T)[:, :2].astype(np.float32)
 
 
 def _orthonormal(matrix: np.ndarray) -> np.ndarray:
-    """The rotation nearest to a (3, 3) matrix (an average of rotations is not one)."""
+    """The rotation nearest to a (3, 3) matrix (a scaled rotation, or an average of rotations)."""
     u, _, vt = np.linalg.svd(matrix)
     return u @ vt
 
 
-def identity_shape(face: SwapFace, user_points: np.ndarray, mean: UserShape, amount: float) -> np.ndarray:
+def frontal_shape(user_points: np.ndarray, rotation: np.ndarray, avatar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The user's face turned to face the camera ((478, 3) landmarks about their centre, times the rotation) and
+    mapped onto the `avatar` ((478, 2) frontal_avatar) by the 2D similarity on the rigid landmarks: (478, 2) float32
+    points there, and the (2, 2) float64 linear part of that similarity."""
+    frontal = (user_points[:, :3] - user_points[:, :3].mean(0)) @ rotation
+    rigid = list(lm.RIGID_POINTS)
+    to_avatar = similarity(frontal[rigid, :2].astype(np.float32), avatar[rigid])
+    return (frontal[:, :2] @ to_avatar[:2] + to_avatar[2]).astype(np.float32), to_avatar[:2].astype(np.float64)
+
+
+def identity_shape(face: SwapFace, user_points: np.ndarray, rotation: np.ndarray, avatar: np.ndarray,
+                   shape: tuple[np.ndarray, np.ndarray], user_mean: np.ndarray, amount: float) -> np.ndarray:
     """(478, 3) float32 user landmarks moved `amount` (0..1) of the way from the user's own face shape to the
     avatar's, keeping the user's pose and expression.
 
-    Each point moves by shape_weight x amount x (avatar point - the user's mean point), both in the avatar's 3D
-    frame. At the user's mean pose that difference is carried into the frame as a 2D similarity would (the
-    avatar's face as it looks in its picture, whatever its own pose); as the head turns away from its mean pose the
-    difference turns with it (the rotation since the mean pose, from the 3D similarity). A difference that stayed
-    flat would pull a turned head's outline and nose back towards the avatar's frontal ones, and dlib's pose
-    estimate with them; the mean in 3D, unlike a 2D mean, does not take a held turn in as the user's shape.
+    Each point moves by amount x (shape_weight x (avatar point - the user's mean point) + (1 - shape_weight) x the
+    move of its eye as a whole), both faces turned to the camera (`avatar` is frontal_avatar, `shape`
+    frontal_shape of this frame, `user_mean` its (478, 2) average over recent frames). An eye moves by the
+    similarity that takes the user's mean eye contour onto the avatar's, applied to this frame's points: the
+    avatar's eye spacing, size and tilt, with the user's lid gap scaled along. The mouth stays the user's. The
+    difference is carried back by the inverse similarity and turned with the head (`rotation`, head_rotation). A
+    difference that stayed flat in the image would pull a turned head's outline and nose back towards the avatar's
+    frontal ones, and dlib's pose estimate with them; a mean of shapes not turned to the camera would take a held
+    turn in as the user's own shape.
     """
-    m3 = user_to_avatar(face, user_points).astype(np.float64)
-    scale = float(np.cbrt(np.linalg.det(m3[:3])))
-    plane_det = float(np.linalg.det(mean.plane))
-    if scale < 1e-9 or plane_det <= 1e-12:
+    current, linear = shape
+    det = float(np.linalg.det(linear))
+    if abs(det) < 1e-12:
         return user_points
-    turn = _orthonormal(mean.rotation) @ (m3[:3] / scale).T  # mean-pose frame -> this frame (row vectors)
-    back = np.eye(3)
-    back[:2, :2] = np.linalg.inv(mean.plane)
-    back[2, 2] = 1.0 / np.sqrt(plane_det)
-    offset = (face.avatar_points - mean.points) @ back @ turn * (mean.scale / scale)
+    fits = np.stack([similarity(user_mean[ring], avatar[ring]) if k < MOVED_FEATURES
+                     else np.eye(3, 2, dtype=np.float32) for k, ring in enumerate(FEATURE_RINGS)])
+    m = fits[face.feature]  # (478, 3, 2)
+    feature_move = current[:, :1] * m[:, 0] + current[:, 1:2] * m[:, 1] + m[:, 2] - current
+    weight = face.shape_weight[:, None]
+    difference = weight * (avatar - user_mean) + (1.0 - weight) * feature_move
+    flat = difference @ np.linalg.inv(linear)
+    offset = np.concatenate([flat, np.zeros((len(flat), 1))], 1) @ rotation.T
     moved = user_points.copy()
-    moved[:, :3] += (amount * face.shape_weight)[:, None] * offset.astype(np.float32)
+    moved[:, :3] += amount * offset.astype(np.float32)
     return moved
 
 
@@ -307,6 +320,11 @@ class FaceMap:
     """(h, w) uint8 1 where a front-facing triangle of the face mesh covers the pixel, else 0."""
     holes: np.ndarray
     """(h, w) uint8 1 inside the user's eyes and inner lips (the user shows through), else 0."""
+    user_x: np.ndarray | None
+    """(h, w) float32 frame x of the user's own face for every low-resolution box pixel (the shape transfer
+    undone), or None when not asked for: where the user's eyes, lids and mouth show, they are taken from here."""
+    user_y: np.ndarray | None
+    """(h, w) float32 frame y of the same."""
     index: np.ndarray
     """(h, w) uint16 the number + 1 of the triangle drawn at each pixel, 0 where none is."""
     lids: np.ndarray
@@ -322,11 +340,13 @@ def lid_table(face: SwapFace) -> np.ndarray:
     return table
 
 
-def build_map(face: SwapFace, user_points: np.ndarray, box: FaceBox, *, with_holes: bool) -> FaceMap:
+def build_map(face: SwapFace, user_points: np.ndarray, box: FaceBox, *, with_holes: bool,
+              source_points: np.ndarray | None = None) -> FaceMap:
     """The backward map of one user face ((478, 3) frame-pixel landmarks) over `box` at its low resolution.
 
     Pixels that no front-facing triangle covers get the face's overall similarity map, so the map is smooth
-    everywhere and the mask alone decides what is drawn.
+    everywhere and the mask alone decides what is drawn. With `source_points` (the user's landmarks before the
+    shape transfer moved them to `user_points`), also the map back to the user's own face (FaceMap.user_x/y).
     """
     w, h = box.low_size
     sx, sy = w / box.size[0], h / box.size[1]
@@ -358,10 +378,19 @@ def build_map(face: SwapFace, user_points: np.ndarray, box: FaceBox, *, with_hol
     map_x = m[..., 0, 0] * grid_x + m[..., 1, 0] * grid_y + m[..., 2, 0]
     map_y = m[..., 0, 1] * grid_x + m[..., 1, 1] * grid_y + m[..., 2, 1]
     covered = (index > 0).astype(np.uint8)
+    user_x = user_y = None
+    if source_points is not None:
+        back = triangle_affines(user, source_points[face.triangles, :2].astype(np.float32))
+        # Entry 0 (no triangle): the low-resolution pixel's own place in the frame.
+        none = np.array([[[1.0 / sx, 0.0], [0.0, 1.0 / sy],
+                          [box.x0 + 0.5 / sx - 0.5, box.y0 + 0.5 / sy - 0.5]]], np.float32)
+        u = np.concatenate([none, back], 0)[index]
+        user_x = (u[..., 0, 0] * grid_x + u[..., 1, 0] * grid_y + u[..., 2, 0]).astype(np.float32)
+        user_y = (u[..., 0, 1] * grid_x + u[..., 1, 1] * grid_y + u[..., 2, 1]).astype(np.float32)
     holes = np.zeros((h, w), np.uint8)
     if with_holes:
         cv2.fillPoly(holes, [np.round(low[ring] * 16).astype(np.int32) for ring in HOLE_POLYGONS], 1,
                      lineType=cv2.LINE_8, shift=4)
     return FaceMap(map_x=map_x.astype(np.float32), map_y=map_y.astype(np.float32), covered=covered, holes=holes,
-                   index=index, lids=lid_table(face)[index], front=front)
+                   user_x=user_x, user_y=user_y, index=index, lids=lid_table(face)[index], front=front)
 

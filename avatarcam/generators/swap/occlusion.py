@@ -85,11 +85,11 @@ class OcclusionModel:
         return covered
 
 
-def triangle_features(box_bgr_low: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """(T, FEATURES) float32 appearance of an (h, w, 3) uint8 BGR low-resolution face box at (T, 2) centroids
+def triangle_features(box_lab_low: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """(T, FEATURES) float32 appearance of an (h, w, 3) uint8 8-bit Lab low-resolution face box at (T, 2) centroids
     (low-resolution pixels): Lab over a 3x3 neighbourhood and the mean Sobel edge magnitude of L, with the median
     over the centroids taken off each channel."""
-    lab = cv2.cvtColor(box_bgr_low, cv2.COLOR_BGR2LAB).astype(np.float32)
+    lab = box_lab_low.astype(np.float32)
     gx = cv2.Sobel(lab[..., 0], cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(lab[..., 0], cv2.CV_32F, 0, 1, ksize=3)
     stack = np.dstack([lab, cv2.magnitude(gx, gy) * 0.25])

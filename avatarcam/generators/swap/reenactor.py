@@ -25,10 +25,13 @@ from avatarcam.generators.swap.geometry import (
     FaceBox,
     FaceMap,
     SwapFace,
-    UserShape,
+    avatar_turn,
     build_map,
     eye_openness,
     face_box,
+    frontal_avatar,
+    frontal_shape,
+    head_rotation,
     head_turn_deg,
     identity_shape,
     prepare_face,
@@ -103,8 +106,11 @@ class _Slot:
     colour: ColourMatch
     presence: float = 0.0
     last_time_s: float | None = None
-    mean_shape: UserShape | None = None
-    """The user's face shape over recent frames, in the avatar's 3D frame."""
+    mean_shape: np.ndarray | None = None
+    """(478, 2) float32 the user's face shape over recent frames, turned to the camera, on the avatar's (turned to the
+    camera too: geometry.frontal_avatar)."""
+    avatar_turn: np.ndarray | None = None
+    """(3, 3) float64 the avatar's head rotation as seen over recent frames (geometry.avatar_turn)."""
     occlusion: OcclusionModel = field(default_factory=OcclusionModel)
     eye_open: np.ndarray | None = None
     """(2,) float32 the user's usual opening of the right and the left eye (geometry.eye_openness)."""
@@ -209,13 +215,16 @@ class SwapReenactor:
         weight = slot.presence * frontal
         self.last_weights.append(weight)
         if self.settings.shape > 0 and weight > 1e-3:
-            points = self._reshaped(prepared.face, points, slot, dt, frontal)
+            points = self._reshaped(prepared.face, face, slot, dt, frontal)
         box = face_box(points, (width, height))  # around the reshaped face, which may reach past the user's
         if box is None or weight <= 1e-3:
             self.last_colour.append(None)
             self.last_covered.append(None)
             return
-        fmap = build_map(prepared.face, points, box, with_holes=not self.settings.avatar_eyes_mouth)
+        own_eyes_mouth = not self.settings.avatar_eyes_mouth
+        moved = points is not face.points_px and own_eyes_mouth
+        fmap = build_map(prepared.face, points, box, with_holes=own_eyes_mouth,
+                         source_points=face.points_px if moved else None)
         t1 = time.perf_counter()
         low_w, low_h = box.low_size
         inside = fmap.covered & (1 - fmap.holes)
@@ -226,17 +235,18 @@ class SwapReenactor:
         avatar_low = cv2.remap(prepared.image_bgr, fmap.map_x, fmap.map_y, cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REPLICATE)
         user_low = cv2.resize(user_box, (low_w, low_h), interpolation=cv2.INTER_AREA)
-        covered = self._covered(prepared.face, face.points_px, box, fmap, user_low, slot, time_s)
+        user_lab = cv2.cvtColor(user_low, cv2.COLOR_BGR2LAB)
+        covered = self._covered(prepared.face, face.points_px, box, fmap, user_lab, slot, time_s)
         self.last_covered.append(covered)
         if covered is not None:
             core &= (covered < 0.5).astype(np.uint8)
-        slot.colour.update(lab_stats(avatar_low, core), lab_stats(user_low, core), time_s)
+        slot.colour.update(lab_stats(avatar_low, core), lab_stats(user_low, core, lab=user_lab), time_s)
         matrix = slot.colour.matrix()
         self.last_colour.append(matrix)
         t2 = time.perf_counter()
         outer = cv2.GaussianBlur(cv2.erode(fmap.covered, kernel).astype(np.float32), (0, 0), radius)
         holes = cv2.GaussianBlur(fmap.holes.astype(np.float32), (0, 0), 0.6)
-        if not self.settings.avatar_eyes_mouth:
+        if own_eyes_mouth:
             holes = np.maximum(holes, self._closing_lids(fmap, face.points_px, slot, dt))
         mask_low = outer * (1.0 - holes) * np.float32(weight)
         if covered is not None:
@@ -249,7 +259,8 @@ class SwapReenactor:
         if matrix is not None:
             warped = apply_lab_transform(warped, matrix)
         roi = out[box.y0:box.y1, box.x0:box.x1]
-        np.copyto(roi, cv2.blendLinear(warped, user_box, mask, 1.0 - mask))
+        own = user_box if fmap.user_x is None else _own_face(frame, fmap, holes, covered, user_box)
+        np.copyto(roi, cv2.blendLinear(warped, own, mask, 1.0 - mask))
         t3 = time.perf_counter()
         stage["map"] += (t1 - t0) * 1000
         stage["colour"] += (t2 - t1) * 1000
@@ -268,10 +279,11 @@ class SwapReenactor:
         table = np.array([0.0, *closing], np.float32)
         return cv2.GaussianBlur(table[fmap.lids], (0, 0), 1.5)
 
-    def _covered(self, face: SwapFace, user_points: np.ndarray, box: FaceBox, fmap: FaceMap, user_low: np.ndarray,
+    def _covered(self, face: SwapFace, user_points: np.ndarray, box: FaceBox, fmap: FaceMap, user_lab: np.ndarray,
                  slot: _Slot, time_s: float) -> np.ndarray | None:
         """(h, w) float32 0..1 how surely each low-resolution box pixel is covered (grown and feathered); None with
-        the option off. The user's own (not reshaped) triangles are sampled, so each keeps its place on the face."""
+        the option off or when nothing is. The user's own (not reshaped) triangles are sampled, so each keeps its
+        place on the face."""
         if not self.settings.occlusion:
             return None
         low_w, low_h = box.low_size
@@ -281,7 +293,9 @@ class SwapReenactor:
         centroids = low[mesh].mean(1)
         inside = (centroids >= 0).all(1) & (centroids[:, 0] <= low_w - 1) & (centroids[:, 1] <= low_h - 1)
         judged = face.judged & fmap.front[: face.mesh_count] & inside
-        per_triangle = slot.occlusion.update(triangle_features(user_low, centroids), judged, time_s)
+        per_triangle = slot.occlusion.update(triangle_features(user_lab, centroids), judged, time_s)
+        if not per_triangle.any():
+            return None
         table = np.zeros(len(face.triangles) + 1, np.float32)
         table[1: face.mesh_count + 1] = per_triangle
         side = max(low_w, low_h)
@@ -291,14 +305,20 @@ class SwapReenactor:
         covered = cv2.erode(table[fmap.index], _disc(speck))
         return cv2.GaussianBlur(cv2.dilate(covered, _disc(speck + grow)), (0, 0), grow)
 
-    def _reshaped(self, face: SwapFace, points: np.ndarray, slot: _Slot, dt: float, frontal: float) -> np.ndarray:
+    def _reshaped(self, face: SwapFace, observed: FaceObservation, slot: _Slot, dt: float,
+                  frontal: float) -> np.ndarray:
         """The user's landmarks with the avatar's face shape (SwapSettings.shape), less of it as the head turns
-        (a frontal shape difference applied to a turned face would misplace the features)."""
-        if slot.mean_shape is None:
-            slot.mean_shape = UserShape.start(face, points)
-        else:
-            slot.mean_shape.update(face, points, 1.0 - math.exp(-dt / SHAPE_TIME_S))
-        return identity_shape(face, points, slot.mean_shape, self.settings.shape * frontal)
+        (the shape difference is measured on faces turned to the camera; far from it that is a guess)."""
+        points = observed.points_px
+        rotation = head_rotation(observed.head_matrix)
+        turn = avatar_turn(face, points, rotation)
+        alpha = 1.0 - math.exp(-dt / SHAPE_TIME_S)
+        slot.avatar_turn = turn if slot.avatar_turn is None else slot.avatar_turn + alpha * (turn - slot.avatar_turn)
+        avatar = frontal_avatar(face, slot.avatar_turn)
+        shape, linear = frontal_shape(points, rotation, avatar)
+        slot.mean_shape = shape if slot.mean_shape is None else slot.mean_shape + alpha * (shape - slot.mean_shape)
+        return identity_shape(face, points, rotation, avatar, (shape, linear), slot.mean_shape,
+                              self.settings.shape * frontal)
 
     def reset(self) -> None:
         """Forget the faces' colour statistics and fades (an avatar switch re-measures the avatar's colours)."""
@@ -314,6 +334,39 @@ class SwapReenactor:
 
     def close(self) -> None:
         """Nothing to release (numpy/cv2 only); idempotent."""
+
+
+def _own_face(frame: np.ndarray, fmap: FaceMap, holes_low: np.ndarray, covered_low: np.ndarray | None,
+              user_box: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8 the user's face box, with the user's own eyes, lids and mouth (where `holes_low` shows them,
+    not where something covers them) carried to where the shape transfer moved the openings. Only the rectangle
+    around them is resampled."""
+    assert fmap.user_x is not None and fmap.user_y is not None
+    own_low = holes_low if covered_low is None else holes_low * (1.0 - covered_low)
+    ys, xs = np.nonzero(own_low > 1e-3)
+    if len(xs) == 0:
+        return user_box
+    low_h, low_w = own_low.shape
+    height, width = user_box.shape[:2]
+    sx, sy = width / low_w, height / low_h
+    # Low-resolution pixel k covers full-resolution pixels k * s .. (k + 1) * s; one pixel of margin for the
+    # bilinear resize.
+    lx0, ly0, lx1, ly1 = max(xs.min() - 1, 0), max(ys.min() - 1, 0), min(xs.max() + 2, low_w), min(ys.max() + 2, low_h)
+    x0, y0, x1, y1 = int(lx0 * sx), int(ly0 * sy), min(int(np.ceil(lx1 * sx)), width), min(int(np.ceil(ly1 * sy)),
+                                                                                            height)
+    # The same samples as a bilinear resize of the whole maps to the box (pixel centres aligned), for the part only.
+    to_low = np.array([[1.0 / sx, 0.0, (x0 + 0.5) / sx - 0.5], [0.0, 1.0 / sy, (y0 + 0.5) / sy - 0.5]])
+    part = np.s_[y0:y1, x0:x1]
+
+    def upscale(low: np.ndarray) -> np.ndarray:
+        return cv2.warpAffine(low, to_low, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
+
+    own, user_x, user_y = upscale(own_low), upscale(fmap.user_x), upscale(fmap.user_y)
+    moved = cv2.remap(frame, user_x, user_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    result = user_box.copy()
+    result[part] = cv2.blendLinear(moved, np.ascontiguousarray(user_box[part]), own, 1.0 - own)
+    return result
 
 
 def _disc(radius: int) -> np.ndarray:
