@@ -263,3 +263,38 @@ def test_a_blink_shows_the_users_own_closing_lids(model_path, portrait_avatar):
                 changes[i] = float(np.abs(out.astype(int) - frame.astype(int)).mean(2)[lids].mean())
     assert changes[40] > 4, f"open eyes: the avatar's lids are drawn (mean change {changes[40]:.1f})"
     assert changes[43] < 0.3 * changes[40], f"a blink shows the user's own lids (mean change {changes})"
+
+
+def test_the_shape_transfer_turns_with_the_head(portrait_avatar, d12_observations):
+    """The avatar's face shape is measured on faces turned to the camera and carried back turned with the head: the
+    same face turned 25 degrees (landmarks and MediaPipe's head matrix together) gets the same reshaped face, turned.
+    A flat 2D offset, as before, pulls a turned outline and nose back towards the avatar's frontal ones (dlib then
+    reads less of the turn), and a mean of unturned shapes takes a held turn in as the user's own face."""
+    from avatarcam.generators.swap.geometry import (
+        avatar_turn,
+        frontal_avatar,
+        frontal_shape,
+        head_rotation,
+        identity_shape,
+        prepare_face,
+    )
+
+    face = prepare_face(portrait_avatar.points, avatar_eyes_mouth=False)
+    observed = d12_observations[0].face
+    a = np.radians(25.0)
+    yaw = np.array([[np.cos(a), 0.0, np.sin(a)], [0.0, 1.0, 0.0], [-np.sin(a), 0.0, np.cos(a)]])
+    centre = observed.points_px.mean(0)
+    turned_points = ((observed.points_px - centre) @ yaw.T + centre).astype(np.float32)
+    axes = np.diag([1.0, -1.0, -1.0])
+    turned_matrix = observed.head_matrix.astype(np.float64).copy()
+    turned_matrix[:3, :3] = axes @ yaw @ axes @ turned_matrix[:3, :3]
+    moved = []
+    for points, matrix in ((observed.points_px, observed.head_matrix), (turned_points, turned_matrix)):
+        rotation = head_rotation(matrix)
+        avatar = frontal_avatar(face, avatar_turn(face, points, rotation))
+        shape, linear = frontal_shape(points, rotation, avatar)
+        moved.append(identity_shape(face, points, rotation, avatar, (shape, linear), shape, 1.0))
+    offsets = np.linalg.norm(moved[0][:, :2] - observed.points_px[:, :2], axis=1)
+    assert offsets.max() > 5, "the avatar's shape moves the user's landmarks"
+    expected = (moved[0] - centre) @ yaw.T + centre
+    assert np.abs(moved[1][:, :2] - expected[:, :2]).max() < 0.05 * offsets.max()

@@ -51,7 +51,11 @@ the seam lies inside the face and the blend never reaches past the mesh)."""
 APPEAR_S = 0.12
 """Time constant of the fade-in of a face that appears."""
 SHAPE_TIME_S = 1.5
-"""Time constant of the user's mean face shape (a slow average: expressions pass through, identity stays)."""
+"""Time constant of the user's mean face shape (a slow average: expressions pass through, identity stays; the
+shape is measured turned to the camera, so a held head turn does not leak into it)."""
+AVATAR_TURN_TIME_S = 10.0
+"""Time constant of the avatar's head rotation as seen through the user's (a property of the picture: a running
+mean over the first frames, then this slow average)."""
 COVER_GROW = 0.03
 """The covered region is grown by this share of the face box (past the unjudged lid and lip triangles and the
 cover's own edge) and feathered as much."""
@@ -111,6 +115,7 @@ class _Slot:
     camera too: geometry.frontal_avatar)."""
     avatar_turn: np.ndarray | None = None
     """(3, 3) float64 the avatar's head rotation as seen over recent frames (geometry.avatar_turn)."""
+    shape_frames: int = 0
     occlusion: OcclusionModel = field(default_factory=OcclusionModel)
     eye_open: np.ndarray | None = None
     """(2,) float32 the user's usual opening of the right and the left eye (geometry.eye_openness)."""
@@ -312,8 +317,10 @@ class SwapReenactor:
         points = observed.points_px
         rotation = head_rotation(observed.head_matrix)
         turn = avatar_turn(face, points, rotation)
+        slot.shape_frames += 1
+        steady = max(1.0 / slot.shape_frames, 1.0 - math.exp(-dt / AVATAR_TURN_TIME_S))
+        slot.avatar_turn = turn if slot.avatar_turn is None else slot.avatar_turn + steady * (turn - slot.avatar_turn)
         alpha = 1.0 - math.exp(-dt / SHAPE_TIME_S)
-        slot.avatar_turn = turn if slot.avatar_turn is None else slot.avatar_turn + alpha * (turn - slot.avatar_turn)
         avatar = frontal_avatar(face, slot.avatar_turn)
         shape, linear = frontal_shape(points, rotation, avatar)
         slot.mean_shape = shape if slot.mean_shape is None else slot.mean_shape + alpha * (shape - slot.mean_shape)
