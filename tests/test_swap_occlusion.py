@@ -94,10 +94,12 @@ def _render(portrait_avatar, d12_faces, other_skin, *, occlusion: bool):
 
 def test_a_hand_in_front_of_the_face_shows_and_the_rest_stays_swapped(portrait_avatar, d12_faces, other_skin):
     hand, cheek = _render(portrait_avatar, d12_faces, other_skin, occlusion=True)
-    # Measured: 1.5-2.5 levels inside the hand with the cue, 25-35 without it (the avatar's skin drawn over it).
+    print(f"\ninside the hand {np.round(hand, 1)}, uncovered cheek {np.round(cheek, 1)}")
+    # Measured: 2.2-3.9 levels inside the hand with the cue, 48-62 without it (the avatar's skin drawn over it).
     assert hand.max() < 6.0, f"the hand shows through (mean change inside it {np.round(hand, 1)})"
     assert cheek.min() > 8.0, f"the uncovered cheek still has the avatar's face ({np.round(cheek, 1)})"
     plain, _ = _render(portrait_avatar, d12_faces, other_skin, occlusion=False)
+    print(f"without the cue: inside the hand {np.round(plain, 1)}")
     assert plain.mean() > 4 * hand.mean(), "without the cue the avatar is drawn over the hand"
 
 
@@ -114,5 +116,5 @@ def test_an_uncovered_face_is_not_read_as_covered(portrait_avatar, model_path):
             covered = swap.last_covered[0] if swap.last_covered else None
             shares.append(0.0 if covered is None else float((covered > 0.5).mean()))
     # Measured: at most 1.5 % of the box in one frame, none in 95 % of the frames (d12, with glasses and fast
-    # turns: 5 % in one frame).
+    # turns: 4 % in one frame).
     assert len(shares) == 250 and max(shares) < 0.05 and np.percentile(shares, 95) < 0.01, max(shares)

@@ -8,7 +8,11 @@ pixel -> avatar canvas pixel) that is exact at the samples and piecewise linear 
 resize to the box's full size and one cv2.remap draw the avatar's face on the user's. Triangles that face away
 from the camera or collapse (a profile) are left out, so the face fades back to the user's there instead of
 tearing. The mesh has holes at the eyes and the inner lips; the user's own eyes and mouth show through them, or
-(eyes_mouth="avatar") fan and strip triangles fill them with the avatar's.
+(eyes_mouth="avatar") the avatar's, drawn by fan and strip triangles that fill them.
+
+Before that the user's landmarks take on the avatar's face shape (identity_shape): both faces are turned to face
+the camera (the user's by MediaPipe's facial transformation matrix, head_rotation; the avatar's by its turn as seen
+through the user's, avatar_turn), their difference is taken there and turned back with the user's head.
 """
 
 from __future__ import annotations

@@ -65,8 +65,6 @@ class OcclusionModel:
         # Edges count one way only: a cover adds edges (fingers, a cup's rim); motion blur only takes them away.
         excess[:, 3] = np.maximum(excess[:, 3], 0.0)
         distance = np.sqrt((excess**2 / spread2).sum(1))
-        self.distance = distance
-        self.z = np.abs(features - self.mean) / np.sqrt(spread2)
         t = np.clip((distance - COVERED_FROM) / (COVERED_TO - COVERED_FROM), 0.0, 1.0)
         covered = np.where(judged, t * t * (3.0 - 2.0 * t), 0.0).astype(np.float32)
         if self.seen_s < WARM_UP_S:

@@ -1,11 +1,14 @@
 """The face-swap generator: the camera frame itself, with the avatar's face drawn on every face in it.
 
-Per face: geometry.build_map (the avatar's mesh triangles onto the user's, at low resolution over the face box),
-colour statistics at that low resolution (colour.ColourMatch, smoothed over time), then at full resolution only
-inside the face box: one resize of the map and the mask, one cv2.remap, the Lab transform and a feathered blend
-(cv2.blendLinear) into the frame. Where the mesh is unreliable the face fades back to the user's: triangles seen
-edge-on or from behind are left out of the mask (geometry), and the whole face fades out as the head turns towards
-a profile (FADE_START_DEG to FADE_END_DEG of head turn) and fades in when a face appears.
+Per face: the user's landmarks take on the avatar's face shape (geometry.identity_shape), geometry.build_map (the
+avatar's mesh triangles onto the user's, at low resolution over the face box), colour statistics at that low
+resolution (colour.ColourMatch, smoothed over time), the occlusion cue (occlusion.OcclusionModel), then at full
+resolution only inside the face box: one resize of the map and the mask, one cv2.remap, the Lab transform and a
+feathered blend (cv2.blendLinear) into the frame; the user's own eyes, closing lids and mouth are carried to where
+the shape moved them (one more remap, over their rectangle only). Where the mesh is unreliable the face fades back
+to the user's: triangles seen edge-on or from behind are left out of the mask (geometry), and the whole face fades
+out as the head turns towards a profile (FADE_START_DEG to FADE_END_DEG of head turn) and fades in when a face
+appears.
 """
 
 from __future__ import annotations
