@@ -119,6 +119,8 @@ class GeneratorConfig:
                                 choices=("user", "avatar"))
     swap_colour_time_s: float = _key(0.3, "swap: seconds over which the skin-colour match to your lighting is "
                                      "smoothed (0: every frame on its own, may flicker)", low=0.0, high=5.0)
+    swap_occlusion: bool = _key(True, "swap: fade the avatar's face out where something (a hand) covers yours, "
+                                "judged against a slowly learnt model of your face's look")
     triton_url: str | None = _key(None, "backend triton: the server's gRPC address, host:port (TLS unless the host is "
                                   "this machine; token from $FACEMIMIC_TRITON_TOKEN)")
     triton_ca: str | None = _key(None, "backend triton: PEM certificate that signed the server's (self-signed "

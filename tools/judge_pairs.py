@@ -1,8 +1,10 @@
 """Render driver/avatar pairs with the built-in generator and score them with the independent judge, in one command.
 
-    python tools/judge_pairs.py [--pair DRIVER:AVATAR ...] [--out-dir out/judge] [--json OUT.json] [--set K=V ...]
+    python tools/judge_pairs.py [--model swap] [--pair DRIVER:AVATAR ...] [--out-dir out/judge] [--json OUT.json]
+                                [--set K=V ...]
 
-Each pair is rendered with `tools/render.py` (frame-aligned, neutral at frame 0, default settings unless --set) and
+Each pair is rendered with `tools/render.py` (frame-aligned, neutral at frame 0, config.yaml's generator unless
+--model, default settings unless --set) and
 read by the independent judge, `../shared/judge/judge.py` (dlib landmarks and embeddings, no MediaPipe; see its
 README), which runs in its own environment (`--judge-python`, default ~/.venvs/judge/bin/python when present).
 Prints one row per pair and the median row: the README's quality table.
@@ -29,10 +31,13 @@ FOLDERS = (ROOT / "tests" / "fixtures" / "driving", ROOT / "tests" / "fixtures" 
            SHARED / "fixtures" / "driving", SHARED / "fixtures" / "source")
 DEFAULT_PAIRS = ("d12:lp_s42.jpg", "d12:lp_s7.jpg", "d14:astronaut_painting.png", "d14:lp_s4.jpg",
                  "d9:astronaut.png", "d19:lp_s42_flip.jpg")
+SWAP_PAIRS = ("d12:lp_s42.jpg", "d14:lp_s42.jpg", "d12:astronaut.png", "d14:lp_s4.jpg", "d9:lp_s7.jpg",
+              "d19:lp_s10.jpg", "d9:lp_s42_flip.jpg")
+"""--model swap's default pairs (the README's face-swap table)."""
 COLUMNS = (("motion", "motion_score"), ("eyes", "ear_ccc"), ("eye_g", "ear_gain"), ("mouth", "mouth_ccc"),
            ("mouth_g", "mouth_gain"), ("yaw", "yaw_ccc"), ("yaw_g", "yaw_gain"), ("pitch", "pitch_ccc"),
            ("pitch_g", "pitch_gain"), ("roll_g", "roll_gain"), ("pose", "pose_mae_ratio"), ("lag", "best_lag_frames"),
-           ("id", "identity_dist"), ("id_drv", "driver_to_source_dist"))
+           ("id", "identity_dist"), ("id_to_d", "identity_dist_to_driver"), ("id_drv", "driver_to_source_dist"))
 
 
 def find(name: str, suffixes: tuple[str, ...] = ("",)) -> Path:
@@ -72,6 +77,8 @@ def run_pair(pair: str, args: argparse.Namespace) -> dict:
     video, report = args.out_dir / f"{tag}.mp4", args.out_dir / f"{tag}.judge.json"
     render = [sys.executable, str(ROOT / "tools" / "render.py"), "--driver", str(driver), "--avatar", str(avatar),
               "--out", str(video), "--quiet"] + [x for item in args.set for x in ("--set", item)]
+    if args.model:
+        render += ["--model", args.model]
     if not args.judge_only:
         subprocess.run(render, check=True, stdout=subprocess.DEVNULL)
     subprocess.run([args.judge_python, str(args.judge), "--driving", str(driver), "--output", str(video),
@@ -88,7 +95,8 @@ def _cell(value) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pair", action="append", metavar="DRIVER:AVATAR",
-                        help=f"default: {' '.join(DEFAULT_PAIRS)}")
+                        help=f"default: {' '.join(DEFAULT_PAIRS)}; with --model swap: {' '.join(SWAP_PAIRS)}")
+    parser.add_argument("--model", help="generator for render.py (default: config.yaml's)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "out" / "judge")
     parser.add_argument("--judge", type=Path, default=SHARED / "judge" / "judge.py")
     parser.add_argument("--judge-python", default=default_judge_python(),
@@ -102,7 +110,7 @@ def main() -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     print("pair".ljust(28) + "".join(name.rjust(8) for name, _ in COLUMNS), flush=True)
-    for pair in args.pair or DEFAULT_PAIRS:
+    for pair in args.pair or (SWAP_PAIRS if args.model == "swap" else DEFAULT_PAIRS):
         rows.append(run_pair(pair, args))
         print(rows[-1]["pair"].ljust(28) + "".join(_cell(rows[-1].get(k)).rjust(8) for _, k in COLUMNS), flush=True)
     medians = {}

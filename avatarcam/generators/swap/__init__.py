@@ -1,8 +1,10 @@
 """Face swap: the camera picture itself, with the current avatar's face mapped onto every face in it.
 
-geometry.py (the avatar's face-mesh triangles onto the user's: one dense backward map per face), colour.py (Lab
-mean and spread matched to the user's lighting, smoothed over time), reenactor.py (per-face map, colour, feathered
-blend behind generators.base.Reenactor). CPU only (numpy/cv2), nothing to download.
+geometry.py (the avatar's face-mesh triangles onto the user's: one dense backward map per face; the avatar's face
+shape on the user's, both turned to the camera), colour.py (Lab mean and spread matched to the user's lighting,
+smoothed over time), occlusion.py (a per-triangle model of the user's own face: where something covers it, the
+swap fades out), reenactor.py (per-face map, colour, feathered blend behind generators.base.Reenactor). CPU only
+(numpy/cv2), nothing to download.
 """
 
 from __future__ import annotations

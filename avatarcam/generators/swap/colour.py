@@ -22,12 +22,14 @@ stripes, nor a flat painting into noise."""
 MIN_PIXELS = 16
 
 
-def lab_stats(image_bgr: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
-    """(2, 3) float32 [means, standard deviations] of 8-bit Lab channels of an (h, w, 3) uint8 BGR image over the
-    pixels where the (h, w) uint8 mask is non-zero; None when fewer than MIN_PIXELS are."""
+def lab_stats(image_bgr: np.ndarray, mask: np.ndarray, *, lab: np.ndarray | None = None) -> np.ndarray | None:
+    """(2, 3) float32 [means, standard deviations] of 8-bit Lab channels of an (h, w, 3) uint8 BGR image (or of
+    its 8-bit Lab conversion `lab`, when the caller has it) over the pixels where the (h, w) uint8 mask is non-zero;
+    None when fewer than MIN_PIXELS are."""
     if int(np.count_nonzero(mask)) < MIN_PIXELS:
         return None
-    lab = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2LAB)
+    if lab is None:
+        lab = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2LAB)
     mean, std = cv2.meanStdDev(lab, mask=mask)
     return np.stack([mean[:, 0], std[:, 0]]).astype(np.float32)
 
