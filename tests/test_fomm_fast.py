@@ -192,6 +192,39 @@ def test_batch_norm_folding_is_exact_algebra(tiny_frames):
         assert float((unfolded(out) - generator.up_blocks[0](out)).abs().max()) > 0.1
 
 
+def test_fast_keypoint_detector_and_frame_motion_compute_the_port(tiny_frames):
+    """The exported keypoint detector (FommFastKeypointDetector) and motion graph (FommFrameMotion): up blocks as
+    phases only from side 8 on, heads fused into one convolution; the same function as the port to float32 noise,
+    while heads fused in the wrong order (keypoints read from jacobian channels) are far off."""
+    models, rows = tiny_frames
+    detector, generator = models.kp_detector, models.generator
+    image = rows[1]["inputs"][0]
+    fast = fomm_fast.FommFastKeypointDetector(detector, image.shape[-1])
+    motion = fomm_fast.FommFrameMotion(generator, image.shape[-1])
+    for up_blocks, side in ((fast.detector.predictor.decoder.up_blocks, image.shape[-1] * detector.down.scale),
+                            (motion.dense_motion.hourglass.decoder.up_blocks,
+                             image.shape[-1] * generator.dense_motion_network.down.scale)):
+        sides = [side / 2 ** (len(up_blocks) - i) for i in range(len(up_blocks))]
+        assert [isinstance(b, fomm_fast.UpsampleConvPhases) for b in up_blocks] == [s >= 8 for s in sides], sides
+    with torch.inference_mode():
+        want_kp = detector(image)
+        got_kp = fast(image)
+        for got, want in zip(got_kp, want_kp):
+            # Measured 1.1e-5 at most (float32 re-association in the fused and phased convolutions): 18x headroom.
+            assert float((got - want).abs().max()) <= 2e-4
+        inputs = rows[1]["inputs"]
+        deformation, occlusion, _ = generator.dense_motion_network(inputs[0], *inputs[2:])
+        want = generator.warped_features(inputs[1], deformation, occlusion)
+        assert float((motion(*inputs) - want).abs().max()) <= 1e-4 * max(1.0, float(want.abs().max()))
+        num_kp = fast.num_kp
+        fast.heads.weight.copy_(fast.heads.weight.roll(num_kp, 0))
+        fast.heads.bias.copy_(fast.heads.bias.roll(num_kp, 0))
+        assert float((fast(image)[0] - want_kp[0]).abs().max()) > 0.01  # keypoints move by more than 1 px at 128
+    with pytest.raises(ValueError, match="eval mode"):
+        fomm_fast.FommFastKeypointDetector(detector.train())
+    detector.eval()
+
+
 def test_cpu_flags_and_bf16_detection(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")

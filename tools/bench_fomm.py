@@ -16,7 +16,11 @@ number. TensorRT runs when a GPU exists.
     python tools/bench_fomm.py --original ~/first-order-model --json OUT.json [--frames 8] [--calibrated]
 
 times the original FOMM code (the checkout's modules, driven as Avatarify's PredictorLocal drives them: per frame
-kp_detector, normalize_kp with relative motion and adapted scale, generator) and FaceMimic's runtimes (auto, the
+kp_detector, normalize_kp with relative motion and adapted scale, generator, all under torch.no_grad with torch's
+default threads, as Avatarify's run.sh starts cam_fomm.py with --relative --adapt_scale). CHECKOUT picks the
+original: Avatarify's fork (alievk/first-order-model, which has modules/generator_optim.py: the avatar encoded once
+per avatar, as Avatarify runs it) or upstream AliaksandrSiarohin/first-order-model (modules/generator.py: the
+source encoded on every frame); the JSON's original.generator says which ran. FaceMimic's runtimes (auto, the
 default: int8 bottleneck on CPUs with bf16 and VNNI, else bf16 where native; bf16; onnxruntime and torch, both exact
 fp32) on the same weights and the same 256x256 frames, one frame each in turn, in one process; it reports ms per
 frame and per stage, the speed-up over the original, the parity of each runtime against the original and against

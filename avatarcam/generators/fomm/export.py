@@ -20,6 +20,7 @@ tests/fixtures/fomm/ (a smoke test of the export path, useless for animation) an
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -63,9 +64,9 @@ FRAME_GENERATOR = "fomm_frame_generator"
 MODEL_NAMES = (KP_DETECTOR, SOURCE_ENCODER, FRAME_GENERATOR)
 # The float32 first half of the frame generator (dense motion + warped encoding), exported only for the bf16 / int8
 # CPU paths (fomm_fast), which run it on ONNX Runtime and the rest of the generator on torch. The name carries the
-# graph's version (v2: hourglass up blocks as fomm_fast.UpsampleConvPhases), which the weights key does not see, so
-# an older export in the same folder is never reused.
-FRAME_MOTION = "fomm_frame_motion_v2"
+# graph's version (v3: hourglass up blocks as fomm_fast.UpsampleConvPhases from side 8 on, mask and occlusion heads
+# as one convolution), so an older export is never reused (the weights key also hashes fomm_fast's source).
+FRAME_MOTION = "fomm_frame_motion_v3"
 
 CHECKPOINT_ENV = "FACEMIMIC_FOMM_CHECKPOINT"
 SMOKE_CHECKPOINT = PROJECT_ROOT / "tests" / "fixtures" / "fomm" / "tiny-checkpoint.pth.tar"
@@ -119,12 +120,15 @@ def choose_image_size(config: Any, *, image_size: int | None = None, fomm_yaml: 
 
 
 def weights_key(kp_detector: Any, generator: Any) -> str:
-    """First 16 hex digits of a hash over both modules' weights and model code (export.source_hash of each)."""
+    """First 16 hex digits of a hash over both modules' weights and model code (export.source_hash of each) and the
+    source of fomm_fast, whose modules are what the keypoint detector's and the motion graph's exports contain."""
     from avatarcam.backends.export import source_hash
+    from avatarcam.generators.fomm import fast
 
     digest = hashlib.sha256()
     for module in (kp_detector, generator):
         digest.update(source_hash(module).encode())
+    digest.update(inspect.getsource(fast).encode())
     return digest.hexdigest()[:KEY_CHARS]
 
 
@@ -202,14 +206,16 @@ def _random_keypoints(rng: np.random.Generator, num_kp: int) -> tuple[np.ndarray
 
 
 def _module_builders(models: FommModels) -> dict[str, Callable[[], Any]]:
-    from avatarcam.generators.fomm.fast import FommFrameMotion
+    """name -> the module that is exported (the keypoint detector as fomm_fast.FommFastKeypointDetector: the same
+    function, faster on ONNX Runtime)."""
+    from avatarcam.generators.fomm.fast import FommFastKeypointDetector, FommFrameMotion
     from avatarcam.generators.fomm.model import FommFrameGenerator, FommSourceEncoder
 
     return {
-        KP_DETECTOR: lambda: models.kp_detector,
+        KP_DETECTOR: lambda: FommFastKeypointDetector(models.kp_detector, models.image_size),
         SOURCE_ENCODER: lambda: FommSourceEncoder(models.generator),
         FRAME_GENERATOR: lambda: FommFrameGenerator(models.generator),
-        FRAME_MOTION: lambda: FommFrameMotion(models.generator),
+        FRAME_MOTION: lambda: FommFrameMotion(models.generator, models.image_size),
     }
 
 
@@ -252,7 +258,10 @@ def recipes_for(models: FommModels) -> dict[str, ExportRecipe]:
 
 
 def torch_module_factory(models: FommModels, name: str) -> Callable[[], Any]:
-    """A function returning the torch module of one of the three models (for ModelSpec.torch_module)."""
+    """A function returning the torch module of one of the three models (for ModelSpec.torch_module); the torch
+    runtime runs the port itself (the keypoint detector unfused)."""
+    if name == KP_DETECTOR:
+        return lambda: models.kp_detector
     return _module_builders(models)[name]
 
 

@@ -532,12 +532,19 @@ class FommKeypointDetector(nn.Module):
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         """(B, C, H, W) float32 RGB in [0, 1] -> value (B, K, 2), jacobian (B, K, 2, 2)."""
         features = self.predictor(self.down(image))
-        logits = self.kp(features)
+        return self.keypoints_from(self.kp(features), self.jacobian(features))
+
+    def keypoints_from(self, logits: Tensor, jacobian_maps: Tensor) -> tuple[Tensor, Tensor]:
+        """The heads' outputs -> value (B, K, 2), jacobian (B, K, 2, 2): softmax heatmaps (temperature), their
+        expected positions, and the heatmap-weighted jacobian maps.
+
+        logits: (B, K, h, w) from `kp`; jacobian_maps: (B, 4 * num_jacobian_maps, h, w) from `jacobian`.
+        """
         batch, num_kp, height, width = logits.shape
         heatmaps = F.softmax(logits.flatten(2) / self.temperature, dim=2).view(batch, num_kp, height, width)
         grid = coordinate_grid(height, width, dtype=heatmaps.dtype, device=heatmaps.device)
         value = (heatmaps.unsqueeze(-1) * grid).sum(dim=(2, 3))
-        jacobian_maps = self.jacobian(features).view(batch, self.num_jacobian_maps, 4, height, width)
+        jacobian_maps = jacobian_maps.reshape(batch, self.num_jacobian_maps, 4, height, width)
         jacobian = (heatmaps.unsqueeze(2) * jacobian_maps).flatten(3).sum(-1)
         return value, jacobian.view(batch, num_kp, 2, 2)
 
@@ -584,6 +591,22 @@ class DenseMotionNetwork(nn.Module):
         kp_driving_jacobian: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """-> deformation (B, h, w, 2), occlusion_map (B, 1, h, w), mask (B, K+1, h, w) on the downsampled grid."""
+        motions, hourglass_in = self.motion_inputs(
+            source_image, kp_source_value, kp_source_jacobian, kp_driving_value, kp_driving_jacobian
+        )
+        features = self.hourglass(hourglass_in)
+        return self.blend(motions, self.mask(features), self.occlusion(features))
+
+    def motion_inputs(
+        self,
+        source_image: Tensor,
+        kp_source_value: Tensor,
+        kp_source_jacobian: Tensor,
+        kp_driving_value: Tensor,
+        kp_driving_jacobian: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """-> motions (B, K+1, h, w, 2): the background's identity grid and each keypoint's first-order motion;
+        hourglass input (B, (K+1) * (C+1), h, w): per motion its heatmap difference and the source warped by it."""
         small = self.down(source_image)
         batch, channels, height, width = small.shape
         num_kp = kp_driving_value.shape[1]
@@ -616,11 +639,15 @@ class DenseMotionNetwork(nn.Module):
         ).view(batch, num_kp + 1, channels, height, width)
 
         hourglass_in = torch.cat([bumps.unsqueeze(2), warped], dim=2).view(batch, -1, height, width)
-        features = self.hourglass(hourglass_in)
-        mask = F.softmax(self.mask(features), dim=1)
+        return motions, hourglass_in
+
+    @staticmethod
+    def blend(motions: Tensor, mask_logits: Tensor, occlusion_logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """motions (B, K+1, h, w, 2), the heads' logits (B, K+1, h, w) and (B, 1, h, w) -> deformation (softmax
+        blend of the motions), occlusion_map (sigmoid), mask (softmax), as `forward` returns them."""
+        mask = F.softmax(mask_logits, dim=1)
         deformation = (motions * mask.unsqueeze(-1)).sum(dim=1)
-        occlusion_map = torch.sigmoid(self.occlusion(features))
-        return deformation, occlusion_map, mask
+        return deformation, torch.sigmoid(occlusion_logits), mask
 
 
 class FommGenerator(nn.Module):
