@@ -23,13 +23,6 @@ log = logging.getLogger(__name__)
 
 REGIONS = ("mouth", "eyes", "brows", "face")
 _RIGID = np.array(lm.RIGID_POINTS)
-POSE_POINTS = (168, 6, 197, 195, 5, 3, 248, 196, 419, 122, 351, 188, 412, 174, 399, 133, 362, 245, 465, 143, 372,
-               127, 356, 234, 454)
-"""Points whose motion is the skull's, from which the head pose is measured each frame: the nose bridge and its
-sides, the inner eye corners, below the outer ones and the temples. Left out of landmarks.RIGID_POINTS' set: the
-forehead (the frontalis muscle lifts it with the brows, which read as a nod), the glabella (a frown), the nose tip
-and wings (a smile or a sneer lifts them) and the outer eye corners (a squint)."""
-_POSE = np.array(POSE_POINTS)
 _EYE_PAIRS = (
     (np.array(lm.RIGHT_EYE_UPPER), np.array(lm.RIGHT_EYE_LOWER), np.array(lm.RIGHT_EYE_CORNERS)),
     (np.array(lm.LEFT_EYE_UPPER), np.array(lm.LEFT_EYE_LOWER), np.array(lm.LEFT_EYE_CORNERS)),
@@ -392,11 +385,11 @@ class MotionTransfer:
         ref = neutral.points
         unit = 0.01 * neutral.size_px  # the filters' unit: a hundredth of the driver's face size
         # 1. Driver head pose relative to neutral, from points that move with the skull, smoothed as 7 numbers.
-        scale, rotation, _ = similarity_transform(ref[_POSE], points[_POSE])
+        scale, rotation, _ = similarity_transform(ref[_RIGID], points[_RIGID])
         axis, angle = _axis_angle(rotation)
-        # The pose points' centre is smoothed rather than the translation, which turns with the rotation.
-        ref_centre = ref[_POSE].mean(0)
-        centre = points[_POSE].mean(0).astype(np.float64)
+        # The rigid points' centre is smoothed rather than the translation, which turns with the rotation.
+        ref_centre = ref[_RIGID].mean(0)
+        centre = points[_RIGID].mean(0).astype(np.float64)
         pose = np.concatenate([axis * math.degrees(angle), centre / unit, [100.0 * math.log(scale)]])
         pose = self._smooth("pose", pose, time_s).astype(np.float64)
         angle_deg = float(np.linalg.norm(pose[:3]))

@@ -377,9 +377,6 @@ LASH_WIDTH = 0.045
 """Thickness of the drawn lash line of a closed eye, in eye widths."""
 LID_MARGIN = 0.09
 """The lid's edge (lashes, a drawn lid line) that moves with the lid without stretching, in eye widths."""
-LOWER_MARGIN_OVERLAP = 0.6
-"""How far past the meeting line a shut upper lid comes down over the lower lid's margin, in LID_MARGINs (the lower
-lid's margin is 0.6 LID_MARGIN tall, so it is covered)."""
 
 
 def _lid_curve(u_points: np.ndarray, v_points: np.ndarray, u: np.ndarray, width: float) -> np.ndarray:
@@ -448,26 +445,23 @@ def draw_eyelids(canvas: np.ndarray, points: np.ndarray, open_lids: np.ndarray) 
         lid_edge = np.maximum(_lid_curve(tu[:, 0], tu[:, 1], u, eye_w), lid_open)
         low_edge = np.minimum(_lid_curve(tl[:, 0], tl[:, 1], u, eye_w), low_open)
         low_edge = np.maximum(low_edge, lid_edge)  # the lids meet, they never cross
-        # Closing, the upper lid's lashes come down over the lower lid's margin (as they do on a real face), so a
-        # shut eye shows one lash line, not the two lid margins stacked into a band that reads as a slit.
-        lid_draw = lid_edge + LOWER_MARGIN_OVERLAP * LID_MARGIN * eye_w * taper * _smoothstep(0.6, 1.0, closure)
         top = lid_open - band_up * taper
         bottom = low_open + band_low * taper
         # Backward maps. Each lid's margin (lashes, the drawn lid line of a painting or cartoon) travels with the
         # lid unchanged; the skin between it and the band's far edge stretches to follow.
         margin_up = LID_MARGIN * eye_w * taper
         margin_low = 0.6 * LID_MARGIN * eye_w * taper
-        skin_up = top + (v - top) * (band_up * taper - margin_up) / np.maximum(lid_draw - margin_up - top, 1e-6)
-        src_up = np.where(v >= lid_draw - margin_up, v - (lid_draw - lid_open), skin_up)
+        skin_up = top + (v - top) * (band_up * taper - margin_up) / np.maximum(lid_edge - margin_up - top, 1e-6)
+        src_up = np.where(v >= lid_edge - margin_up, v - (lid_edge - lid_open), skin_up)
         skin_low = bottom - (bottom - v) * (band_low * taper - margin_low) / np.maximum(
             bottom - low_edge - margin_low, 1e-6)
         src_low = np.where(v <= low_edge + margin_low, v + (low_open - low_edge), skin_low)
         src_up = np.where(v < top, v, src_up)
         src_low = np.where(v > bottom, v, src_low)
         # How much of each pixel a lid covers, anti-aliased over a pixel; the lids' sums never exceed 1.
-        cover_up = np.clip(lid_draw - v + 0.5, 0.0, 1.0)
-        cover_low = np.clip(v - low_edge + 0.5, 0.0, 1.0) * (1.0 - cover_up)
-        src_v = np.where(v < np.maximum(0.5 * (lid_edge + low_edge), lid_draw - 0.5), src_up, src_low)
+        cover_up = np.clip(lid_edge - v + 0.5, 0.0, 1.0)
+        cover_low = np.clip(v - low_edge + 0.5, 0.0, 1.0)
+        src_v = np.where(v < 0.5 * (lid_edge + low_edge), src_up, src_low)
         cover = (cover_up + cover_low)[..., None]
         if np.abs(src_v - v).max() < 0.05:
             continue
@@ -478,7 +472,7 @@ def draw_eyelids(canvas: np.ndarray, points: np.ndarray, open_lids: np.ndarray) 
         lidded = lidded * cover + roi.astype(np.float32) * (1.0 - cover)
         # Where the lids meet, a lash line (darker the more the eye is closed).
         lash_w = max(1.0, LASH_WIDTH * eye_w)
-        meet = np.maximum(0.5 * (lid_edge + low_edge), lid_draw - 0.5 * lash_w)
+        meet = 0.5 * (lid_edge + low_edge)
         lash = np.exp(-(((v - meet) / lash_w) ** 2)) * (taper > 0) * np.clip(taper * 3.0, 0.0, 1.0)
         strength = 0.7 * _smoothstep(0.5, 0.95, np.array(closure))
         shade = (1.0 - strength * lash)[..., None]
