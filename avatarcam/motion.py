@@ -413,7 +413,10 @@ class MotionTransfer:
         offsets[:, 2] = expression[:, 2] * a_scale * gains
         posed = avatar.points + offsets
         _keep_lip_thickness(posed, avatar.points, ref, expression, s.intensity["mouth"])
-        ratio = self._smooth("lids", eye_openness(points) / np.maximum(neutral.eye_openness, 1e-3), time_s)
+        # In percent of the neutral lid gap, so that the filter's speed term opens it during a blink as it does for
+        # the other signals in their hundredths (in plain ratios a blink's speed hardly moved the cutoff: a frame late).
+        ratio = self._smooth("lids", 100.0 * eye_openness(points) / np.maximum(neutral.eye_openness, 1e-3),
+                             time_s) / 100.0
         open_lids = self._apply_lids(ratio, avatar, posed)
         # 4. Head pose in the avatar's image axes, around the avatar's pivot.
         a_rot3 = np.eye(3)

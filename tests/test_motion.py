@@ -144,6 +144,24 @@ def test_driver_blink_closes_the_avatar_eyes(driver_points, portrait_avatar):
     assert eye_openness(driven.points).max() < 0.02
 
 
+def test_a_blink_closes_the_avatar_eyes_on_its_first_frame_at_default_smoothing(driver_points, portrait_avatar):
+    # The lid filter's speed term works in percent of the neutral gap, like the other signals in their hundredths;
+    # in plain ratios a blink's speed hardly opened the filter and the eyes were 0.17 open on the first shut frame
+    # (a frame late).
+    avatar = AvatarFace.from_points(portrait_avatar.points)
+    neutral = neutral_from_faces([_face(driver_points)])
+    closed = driver_points.copy()
+    for upper, lower in ((lm.RIGHT_EYE_UPPER, lm.RIGHT_EYE_LOWER), (lm.LEFT_EYE_UPPER, lm.LEFT_EYE_LOWER)):
+        closed[list(upper)] = closed[list(lower)]
+    motion = MotionTransfer(MotionSettings())  # default smoothing
+    assert motion.settings.smoothing > 0
+    for i in range(10):
+        motion.transfer(_face(driver_points), neutral, avatar, i / 25)
+    first_shut = motion.transfer(_face(closed), neutral, avatar, 10 / 25)
+    shut = eye_openness(first_shut.points) / eye_openness(avatar.points)
+    assert shut.max() < 0.05
+
+
 def test_lost_face_holds_then_eases_back_to_neutral(driver_points, portrait_avatar):
     avatar = AvatarFace.from_points(portrait_avatar.points)
     neutral = neutral_from_faces([_face(driver_points)])

@@ -1,11 +1,10 @@
 """Render driver/avatar pairs with the built-in generator and score them with the independent judge, in one command.
 
     python tools/judge_pairs.py [--model swap] [--pair DRIVER:AVATAR ...] [--out-dir out/judge] [--json OUT.json]
-                                [--set K=V ...]
+                                [--set K=V ...] [--brows]
 
 Each pair is rendered with `tools/render.py` (frame-aligned, neutral at frame 0, config.yaml's generator unless
---model, default settings unless --set) and
-read by the independent judge, `../shared/judge/judge.py` (dlib landmarks and embeddings, no MediaPipe; see its
+--model, default settings unless --set) and read by the independent judge, `../shared/judge/judge.py` (dlib landmarks and embeddings, no MediaPipe; see its
 README), which runs in its own environment (`--judge-python`, default ~/.venvs/judge/bin/python when present).
 Prints one row per pair and the median row: the README's quality table.
 
@@ -38,6 +37,10 @@ COLUMNS = (("motion", "motion_score"), ("eyes", "ear_ccc"), ("eye_g", "ear_gain"
            ("mouth_g", "mouth_gain"), ("yaw", "yaw_ccc"), ("yaw_g", "yaw_gain"), ("pitch", "pitch_ccc"),
            ("pitch_g", "pitch_gain"), ("roll_g", "roll_gain"), ("pose", "pose_mae_ratio"), ("lag", "best_lag_frames"),
            ("id", "identity_dist"), ("id_to_d", "identity_dist_to_driver"), ("id_drv", "driver_to_source_dist"))
+
+BROW_COLUMNS = (("brow", "brow_ccc"), ("brow_r", "brow_corr"), ("brow_g", "brow_gain"), ("asym", "brow_asym_ccc"),
+                ("asym_g", "brow_asym_gain"), ("brow_sd", "brow_driver_std"))
+"""--brows: concordance, correlation and gain of brow height and of the brows' difference (tools/judge_brows.py)."""
 
 
 def find(name: str, suffixes: tuple[str, ...] = ("",)) -> Path:
@@ -85,6 +88,11 @@ def run_pair(pair: str, args: argparse.Namespace) -> dict:
                     "--source", str(avatar), "--json", str(report), "--cache-dir", str(args.out_dir / "cache"),
                     "--quiet"], check=True, stdout=subprocess.DEVNULL)
     metrics = json.loads(report.read_text())["metrics"]
+    if args.brows:
+        brows = subprocess.run([args.judge_python, str(ROOT / "tools" / "judge_brows.py"), "--driving", str(driver),
+                                "--output", str(video), "--judge", str(args.judge), "--cache-dir",
+                                str(args.out_dir / "cache")], check=True, capture_output=True, text=True)
+        metrics.update(json.loads(brows.stdout.strip().splitlines()[-1]))
     return {"pair": f"{driver.stem}->{Path(avatar_name).stem}", **metrics}
 
 
@@ -104,6 +112,9 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for render")
     parser.add_argument("--judge-only", action="store_true", help="judge the videos already in --out-dir")
     parser.add_argument("--json", type=Path, help="write every pair's metrics here")
+    parser.add_argument("--brows", action="store_true",
+                        help="also score brow height from the judge's landmarks (tools/judge_brows.py; a second "
+                             "dlib pass over each output)")
     args = parser.parse_args()
     if not args.judge.is_file():
         parser.error(f"no judge at {args.judge}: pass --judge PATH/judge.py")
@@ -118,6 +129,10 @@ def main() -> int:
         values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
         medians[key] = float(statistics.median(values)) if values else None
     print("median".ljust(28) + "".join(_cell(medians[k]).rjust(8) for _, k in COLUMNS))
+    if args.brows:
+        print("\n" + "pair".ljust(28) + "".join(name.rjust(8) for name, _ in BROW_COLUMNS))
+        for row in rows:
+            print(row["pair"].ljust(28) + "".join(_cell(row.get(k)).rjust(8) for _, k in BROW_COLUMNS))
     if args.json:
         args.json.write_text(json.dumps({"pairs": rows, "median": medians}, indent=2))
     return 0
