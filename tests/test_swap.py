@@ -13,7 +13,7 @@ from avatarcam.capture import iter_frames
 from avatarcam.config import load_config
 from avatarcam.generators import GENERATORS, build_reenactor, landmark_faces, output_shape
 from avatarcam.generators.swap.geometry import build_map, face_box, head_turn_deg
-from avatarcam.generators.swap.reenactor import FADE_END_DEG, FADE_START_DEG, SwapReenactor, SwapSettings
+from avatarcam.generators.swap.reenactor import FADE_END_DEG, FADE_START_DEG, HOLD_S, SwapReenactor, SwapSettings
 from avatarcam.landmarks import FaceLandmarker
 from avatarcam.types import FaceObservation, Frame, Observed
 from tests.conftest import D12, D14
@@ -177,21 +177,32 @@ def test_the_face_fades_back_to_the_user_towards_a_profile(portrait_avatar, d12_
     assert covered[2] < 0.8 * covered[0]
 
 
-def test_a_face_that_appears_fades_in_and_a_lost_face_shows_the_frame(portrait_avatar, d12_observations):
+def test_a_face_lost_for_a_moment_is_held_and_a_face_that_appears_fades_in(portrait_avatar, d12_observations):
+    """The landmark model loses a moving face for a frame now and then (more often when a busy machine skips camera
+    frames): the output then repeats the last swapped picture, never the user's bare face under the badge, and the
+    face found again keeps its place without fading in. A face gone for longer than HOLD_S shows the frame, and a
+    face that appears after that fades in."""
     swap = _swap()
     prepared = swap.prepare(portrait_avatar)
-    frame = d12_observations[0].frame.image_bgr
-    out = np.zeros_like(frame)
+    out = np.zeros_like(d12_observations[0].frame.image_bgr)
     swap.render(prepared, d12_observations[0], None, 0.0, out)
     assert swap.last_weights == [pytest.approx(1.0)], "the first face after a start shows at once"
+    swapped = out.copy()
+    bare = d12_observations[1].frame.image_bgr
     swap.render(prepared, Observed(frame=d12_observations[1].frame, face=None), None, 0.04, out)
-    assert np.array_equal(out, d12_observations[1].frame.image_bgr)
-    # Nothing was remembered while no face was in view: the face that comes back fades in over a few frames.
+    assert np.array_equal(out, swapped) and not np.array_equal(out, bare), "a lost face holds the swapped picture"
+    swap.render(prepared, d12_observations[4], None, 0.16, out)  # found again (two frames skipped, as under load)
+    assert swap.last_weights == [pytest.approx(1.0, abs=0.02)], "a face found again within HOLD_S does not fade in"
+
+    swap.render(prepared, Observed(frame=d12_observations[5].frame, face=None), None, 0.2, out)
+    gone = 0.2 + HOLD_S + 0.05
+    swap.render(prepared, Observed(frame=d12_observations[6].frame, face=None), None, gone, out)
+    assert np.array_equal(out, d12_observations[6].frame.image_bgr), "after HOLD_S without a face: the frame"
     weights = []
-    for i, observed in enumerate(d12_observations[2:12]):
-        swap.render(prepared, observed, None, 0.08 + 0.04 * i, out)
+    for i, observed in enumerate(d12_observations[7:17]):
+        swap.render(prepared, observed, None, gone + 0.04 * (i + 1), out)
         weights.append(swap.last_weights[0])
-    assert weights[0] < 0.05 and weights[-1] > 0.9 and all(b >= a for a, b in zip(weights, weights[1:]))
+    assert weights[0] < 0.4 and weights[-1] > 0.9 and all(b >= a for a, b in zip(weights, weights[1:]))
 
 
 def test_without_an_observation_the_avatar_fills_the_output(portrait_avatar):

@@ -8,7 +8,7 @@ feathered blend (cv2.blendLinear) into the frame; the user's own eyes, closing l
 the shape moved them (one more remap, over their rectangle only). Where the mesh is unreliable the face fades back
 to the user's: triangles seen edge-on or from behind are left out of the mask (geometry), and the whole face fades
 out as the head turns towards a profile (FADE_START_DEG to FADE_END_DEG of head turn) and fades in when a face
-appears.
+appears. A face lost for a moment (HOLD_S) holds the last swapped picture and keeps its place when found again.
 """
 
 from __future__ import annotations
@@ -53,6 +53,15 @@ FEATHER = 0.05
 the seam lies inside the face and the blend never reaches past the mesh)."""
 APPEAR_S = 0.12
 """Time constant of the fade-in of a face that appears."""
+MATCH_WIDTHS = 0.75
+"""A face is the same as a remembered one when its centre is within this many face widths of it (a skipped frame
+or two of a quick turn moves it further than half a width; two faces side by side are about one width apart)."""
+HOLD_S = 0.5
+"""A face lost for up to this long (seconds) is held: the output repeats the last swapped picture instead of showing
+the user's bare face, and a face found again within it keeps its place (no fade-in, colour and occlusion models
+kept). The landmark model loses a moving face for a frame now and then, more often when a busy machine skips camera
+frames (every third frame of the sample clip: the face lost at a quick turn, then faded in over 4 frames that
+showed the user's own face under the "virtual avatar" badge)."""
 SHAPE_TIME_S = 1.5
 """Time constant of the user's mean face shape (a slow average: expressions pass through, identity stays; the
 shape is measured turned to the camera, so a held head turn does not leak into it)."""
@@ -148,6 +157,9 @@ class SwapReenactor:
         self.motion = _Controls(motion or MotionSettings())
         self._slots: list[_Slot] = []
         self._started = False
+        self._held: np.ndarray | None = None
+        """The last output with a face drawn, repeated while a face is lost for up to HOLD_S."""
+        self._held_time_s = -math.inf
         self.last_weights: list[float] = []
         """The blend weight of each face drawn in the last render (pose fade x fade-in), for tests and logs."""
         self.last_colour: list[np.ndarray | None] = []
@@ -178,36 +190,51 @@ class SwapReenactor:
         if out.shape != frame.shape:
             raise ValueError(f"swap output has shape {out.shape}, expected the driver frame's {frame.shape}: "
                              "allocate it with generators.output_shape(reenactor, frame.shape)")
-        np.copyto(out, frame)
         faces = observed.faces[: self.settings.max_faces]
-        slots = self._match_slots(faces)
+        if not faces and self._held is not None and self._held.shape == out.shape \
+                and 0.0 <= time_s - self._held_time_s <= HOLD_S:
+            np.copyto(out, self._held)  # a face lost for a moment: never the user's bare face in between
+            self.last_weights, self.last_colour, self.last_covered = [], [], []
+            return out
+        np.copyto(out, frame)
+        slots = self._match_slots(faces, time_s)
         self.last_weights, self.last_colour, self.last_covered = [], [], []
         stage = {"map": 0.0, "colour": 0.0, "blend": 0.0}
         for face, slot in zip(faces, slots):
             self._draw_face(prepared, face, slot, frame, out, time_s, stage)
+        if any(weight > 1e-3 for weight in self.last_weights):
+            if self._held is None or self._held.shape != out.shape:
+                self._held = np.empty_like(out)
+            np.copyto(self._held, out)
+            self._held_time_s = time_s
+        else:
+            self._held_time_s = -math.inf  # a profile or a faded face: what is shown now is the user's own
         if timings is not None:
             timings["motion"] = 0.0
             timings.update({f"swap_{k}": v for k, v in stage.items()})
             timings["generate"] = (time.perf_counter() - start) * 1000
         return out
 
-    def _match_slots(self, faces: Sequence[FaceObservation]) -> list[_Slot]:
-        """Each face's slot: the nearest remembered face within half a face width, else a new one."""
+    def _match_slots(self, faces: Sequence[FaceObservation], time_s: float) -> list[_Slot]:
+        """Each face's slot: the nearest remembered face within MATCH_WIDTHS face widths (one face and one remembered
+        face: that one, wherever it is), else a new one; faces not seen now are remembered for HOLD_S."""
         free = list(self._slots)
+        alone = len(faces) == 1 and len(free) == 1
         chosen = []
         for face in faces:
             centre = face.points_px[:, :2].mean(0)
             width = float(np.ptp(face.points_px[:, 0]))
             best = min(free, key=lambda s: float(np.linalg.norm(s.centre - centre)), default=None)
-            if best is not None and np.linalg.norm(best.centre - centre) < 0.5 * width:
-                free.remove(best)
+            if best is not None and (alone or np.linalg.norm(best.centre - centre) < MATCH_WIDTHS * width):
+                free = [slot for slot in free if slot is not best]
                 best.centre = centre
             else:
                 # The first face after a start or reset shows at once; one that appears later fades in.
                 best = _Slot(centre=centre, colour=ColourMatch(time_s=self.settings.colour_time_s),
                              presence=0.0 if self._started else 1.0)
             chosen.append(best)
-        self._slots = chosen
+        recent = [slot for slot in free if slot.last_time_s is not None and 0.0 <= time_s - slot.last_time_s <= HOLD_S]
+        self._slots = chosen + recent
         self._started = self._started or bool(faces)
         return chosen
 
@@ -331,9 +358,11 @@ class SwapReenactor:
                               self.settings.shape * frontal)
 
     def reset(self) -> None:
-        """Forget the faces' colour statistics and fades (an avatar switch re-measures the avatar's colours)."""
+        """Forget the faces' colour statistics, fades and the held picture (an avatar switch re-measures the avatar's
+        colours)."""
         self._slots = []
         self._started = False
+        self._held_time_s = -math.inf
 
     def best_match(self, prepared: Sequence[PreparedSwap], observed: Observed) -> int | None:
         """The avatar whose landmarks are closest in shape and pose to the user's face (matching.shape_distance)."""
