@@ -234,7 +234,7 @@ class App:
             # empty recording behind.
             store = self.store = self._avatar_store(model_path, reenactor)
             cleanup.callback(store.close)
-            first_avatar, _ = store.load_first(self._first_avatar(store))
+            first_avatar, _ = self._load_first_avatar(store)
             outputs = OutputStage()
             cleanup.callback(outputs.stop)
             video_path = self._subscribe_sinks(outputs, self._recording_size(reenactor), want_preview)
@@ -304,9 +304,26 @@ class App:
         return AvatarStore(project_path(self.config.avatars.folder), make_landmarker, reenactor,
                            extra=[path] if path else None)
 
-    def _first_avatar(self, store: AvatarStore) -> Path:
+    def _load_first_avatar(self, store: AvatarStore) -> tuple[Any, Any]:
+        """The avatar shown at start. One the user named must load; when starting with the first picture of the
+        user's own folder, a picture that does not load (no face, not an image) is skipped with a warning, as the
+        folder scan skips it, and the next one is tried."""
         path, index, name = resolve_avatar(self.config)
-        return path or self._first_avatar_path(store, index, name)
+        if path is not None:
+            return store.load_first(path)
+        candidates = self._first_avatar_path(store, index, name)
+        problems = []
+        for candidate in candidates:
+            try:
+                return store.load_first(candidate)
+            except AvatarError as exc:
+                if len(candidates) == 1:
+                    raise
+                log.warning("skipping avatar: %s", exc)
+                problems.append(f"{candidate.name}: {exc}")
+        raise AvatarError(f"none of the {len(candidates)} pictures in {store.folder} could be used as an avatar "
+                          f"({'; '.join(problems)}): add a portrait with one clear face, or pass one with "
+                          "--avatar path/to/image.jpg")
 
     def _capture(self, spec: SourceSpec, *, looping: bool) -> CaptureThread:
         c = self.config.capture
@@ -347,7 +364,9 @@ class App:
         cleanup.callback(hotkeys.stop)
         return hotkeys
 
-    def _first_avatar_path(self, store: AvatarStore, index: int | None, name: str | None) -> Path:
+    def _first_avatar_path(self, store: AvatarStore, index: int | None, name: str | None) -> list[Path]:
+        """The avatar to start with (one path), or, when the built-in default's name is not in the user's own
+        folder, every picture of the folder in order (the first that loads is used)."""
         from avatarcam.avatars import scan_folder
 
         if not store.folder.is_dir():
@@ -361,13 +380,14 @@ class App:
             if not 1 <= index <= len(paths):
                 raise AvatarError(f"avatar index {index} is out of range: the folder has {len(paths)} images "
                                   f"({', '.join(p.stem for p in paths)})")
-            return paths[index - 1]
+            return [paths[index - 1]]
         for p in paths:
             if p.stem == name:
-                return p
+                return [p]
         if name == AvatarsConfig().default:  # the built-in default, in a folder of the user's own: start with theirs
-            log.info("no %r in %s: starting with %s (set avatars.default to choose)", name, store.folder, paths[0].name)
-            return paths[0]
+            log.info("no %r in %s: starting with the first picture that loads, %s (set avatars.default to choose)",
+                     name, store.folder, paths[0].name)
+            return paths
         raise AvatarError(f"no avatar named {name!r} (avatars.default) in {store.folder}: choose one of "
                           f"{', '.join(p.stem for p in paths)}, or give an image path")
 

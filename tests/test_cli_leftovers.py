@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import cv2
+import numpy as np
 import pytest
 
 from avatarcam import cli
@@ -54,3 +55,31 @@ def test_headless_recording_from_a_missing_camera_gives_up_and_finishes_the_file
     frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     capture.release()
     assert ok and frame.max() > 50 and frames >= 30  # a finished, playable file: the avatar at rest
+
+
+def _run_with_folder(folder, tmp_path):
+    env = {**HEADLESS, "GLOG_minloglevel": "2", "PYTHONPATH": str(ROOT),
+           "FACEMIMIC_CONFIG_DIR": str(tmp_path / "config")}
+    return subprocess.run([sys.executable, "run.py", "--avatars-folder", str(folder), "--source",
+                           str(ROOT / "tests" / "fixtures" / "driving" / "d14.mp4"), "--no-vcam", "--no-preview",
+                           "--duration", "1", "--out", str(tmp_path / "o.mp4")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=180, env=env)
+
+
+def test_a_bad_first_picture_in_the_users_folder_is_skipped_at_start(tmp_path):
+    """The README: a file that is not a usable portrait is skipped "and the others still load". The first picture
+    of the user's own folder (no 'astronaut' in it) used to be loaded without that care, and a broken one, or one
+    without a face, ended the run."""
+    folder = tmp_path / "avatars"
+    folder.mkdir()
+    (folder / "aa_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a picture")
+    cv2.imwrite(str(folder / "ab_no_face.png"), np.full((300, 300, 3), 128, np.uint8))
+    (folder / "zz.jpg").write_bytes((ROOT / "tests" / "fixtures" / "source" / "lp_s42.jpg").read_bytes())
+    proc = _run_with_folder(folder, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipping avatar" in proc.stderr and "aa_broken.png" in proc.stderr and "ab_no_face.png" in proc.stderr
+
+    (folder / "zz.jpg").unlink()
+    proc = _run_with_folder(folder, tmp_path)
+    assert proc.returncode == 2
+    assert "none of the 2 pictures in" in proc.stderr and "--avatar path/to/image.jpg" in proc.stderr
