@@ -84,3 +84,19 @@ def test_without_pyav_the_fallback_says_which_codec(tmp_path, monkeypatch, caplo
     monkeypatch.delitem(sys.modules, "av")
     codec, _, frames, _ = _probe(path)
     assert codec == "mpeg4" and len(frames) == 3
+
+
+@pytest.mark.parametrize("where", ["folder", "under_a_file"])
+def test_an_output_path_that_cannot_be_a_video_file_is_named_with_the_fix(tmp_path, where):
+    """The new-user trial got PyAV's IsADirectoryError and a FileExistsError traceback from render.py and run.py."""
+    from avatarcam.errors import DeviceError
+    from avatarcam.sinks.video_file import open_writer
+
+    (tmp_path / "a_folder.mp4").mkdir()
+    (tmp_path / "notes.png").write_text("x")
+    path = tmp_path / "a_folder.mp4" if where == "folder" else tmp_path / "notes.png" / "x.mp4"
+    with pytest.raises(DeviceError) as info:
+        open_writer(path, 25.0, (64, 64))
+    message = str(info.value)
+    assert str(path) in message
+    assert ("it is a folder" in message) if where == "folder" else ("is a file, not a folder" in message)

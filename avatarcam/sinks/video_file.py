@@ -99,7 +99,18 @@ def open_writer(out_path: Path, fps: float, size: tuple[int, int]) -> H264Writer
     warning that says so when PyAV or its libx264 is missing; Motion JPEG for .avi; lossless FFV1 for .mkv.
     DeviceError naming the file and the fix when nothing can write it."""
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.is_dir():
+        raise DeviceError(f"cannot write video {out_path}: it is a folder; give a file name in it, such as "
+                          f"{out_path / 'facemimic.mp4'}")
+    blocking = next((p for p in out_path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise DeviceError(f"cannot write video {out_path}: {blocking} is a file, not a folder; choose another "
+                          "name or folder")
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder should be, a read-only or virtual file system
+        raise DeviceError(f"cannot write video {out_path}: its folder {out_path.parent} cannot be made "
+                          f"({exc.strerror or exc}); choose a writable folder") from exc
     suffix = out_path.suffix.lower()
     writer: H264Writer | OpenCvWriter
     if suffix in (".avi", ".mkv"):
@@ -112,8 +123,8 @@ def open_writer(out_path: Path, fps: float, size: tuple[int, int]) -> H264Writer
         return writer
     except DeviceError:
         raise
-    except PermissionError as exc:
-        raise DeviceError(f"cannot write video {out_path}: {exc.strerror}; choose a writable folder") from exc
+    except OSError as exc:  # no permission, a read-only or virtual file system (PyAV's errors are OSErrors too)
+        raise DeviceError(f"cannot write video {out_path}: {exc.strerror or exc}; choose a writable folder") from exc
     except Exception as exc:  # PyAV missing, or an FFmpeg build without libx264
         writer = OpenCvWriter(out_path, fps, size, "mp4v")
         log.warning("video %s: H.264 is not available (%s: %s), writing %s instead, which most browsers do not "
