@@ -461,3 +461,16 @@ def test_face_swap_in_the_browser_sends_the_camera_picture_with_the_badge():
     # (measured here: 14 449 pixels of the face box differ by over 10 levels; outside it none differs at all)
     assert (difference[40:380, 20:380] > 10).sum() > 5000, "the avatar's face is on the visitor's"
     assert np.percentile(difference[:380, 420:], 99) < 8, "the rest is the camera picture itself"
+
+
+def test_the_printed_address_carries_a_token_with_spaces_or_ampersands_intact():
+    """A token such as 'a b&c' was printed as ?token=a b&c, which a browser cuts at the space or the '&' (401)."""
+    import urllib.parse
+
+    from avatarcam.config import load_config
+    from avatarcam.web.server import _urls
+
+    config = load_config(overrides={"web.host": "127.0.0.1", "web.port": 8443})
+    (url,) = _urls(config, "a b&c=d", True)
+    assert " " not in url and url.endswith("?token=a%20b%26c%3Dd")
+    assert urllib.parse.parse_qs(urllib.parse.urlsplit(url).query) == {"token": ["a b&c=d"]}

@@ -21,6 +21,7 @@ import secrets
 import ssl
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -499,7 +500,7 @@ def security(config: Config) -> tuple[str | None, ssl.SSLContext | None]:
 
 def _urls(config: Config, token: str | None, secure: bool) -> list[str]:
     hosts = url_hosts(config.web.host)
-    query = f"?token={token}" if token else ""
+    query = f"?token={urllib.parse.quote(token, safe='')}" if token else ""  # a token with spaces or & still works
     scheme = "https" if secure else "http"
     return [f"{scheme}://{'[' + h + ']' if ':' in h else h}:{config.web.port}/{query}" for h in hosts]
 
