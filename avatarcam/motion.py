@@ -238,6 +238,12 @@ def neutral_driven(avatar: AvatarFace, face_seen: bool = True) -> DrivenFace:
     )
 
 
+STRICT_PATIENCE_S = 10.0
+"""A live driver who keeps talking or smiling for this long (seconds of refused faces) is calibrated as they are,
+with a warning to recalibrate at rest, rather than left uncalibrated for ever (a browser visitor on a talking clip
+waited over 100 s in the new-user trial)."""
+
+
 class Calibrator:
     """Collects a short window of driver frames for the neutral pose, refusing blinks and open mouths.
 
@@ -245,17 +251,22 @@ class Calibrator:
     (the mesh generator averages landmarks, FOMM takes keypoints of the last frame).
     """
 
-    def __init__(self, *, window_s: float = 0.3, strict: bool = True):
+    def __init__(self, *, window_s: float = 0.3, strict: bool = True, patience_s: float | None = STRICT_PATIENCE_S):
         self.window_s = window_s
         self.strict = strict
+        self.patience_s = patience_s
+        """Seconds of faces refused in strict mode after which a window is taken as it is, with a warning (None:
+        wait for a rest pose for ever)."""
         self._samples: list = []
         self._start_s: float | None = None
+        self._refused_since_s: float | None = None
         self.status = "waiting for a face"
 
     def reset(self) -> None:
         """Start a new calibration window."""
         self._samples = []
         self._start_s = None
+        self._refused_since_s = None
         self.status = "waiting for a face"
 
     def add(self, observed, time_s: float) -> list | None:
@@ -265,12 +276,19 @@ class Calibrator:
             self.reset()
             return None
         problem = calibration_problem(face)
-        if problem and self.strict:
+        if problem and self.strict and self._refused_since_s is None:
+            self._refused_since_s = time_s
+        impatient = (problem and self.strict and self.patience_s is not None and self._refused_since_s is not None
+                     and time_s - self._refused_since_s >= self.patience_s)
+        if problem and self.strict and not impatient:
             self._samples = []
             self._start_s = None
             self.status = f"calibrating: {problem} and look at the camera"
             return None
-        if problem:
+        if problem and impatient and not self._samples:
+            log.warning("no rest pose for %.0f s (%s): taking the neutral pose as the face is; recalibrate "
+                        "(Ctrl+Alt+C, preview key c, the page's Recalibrate) once at rest", self.patience_s, problem)
+        elif problem and not self.strict:
             log.warning("neutral pose taken while the driver's face is not at rest (%s)", problem)
         if self._start_s is None:
             self._start_s = time_s
@@ -281,6 +299,7 @@ class Calibrator:
         window = self._samples
         self._samples = []
         self._start_s = None
+        self._refused_since_s = None
         self.status = "calibrated"
         return window
 

@@ -196,3 +196,27 @@ def test_calibrator_refuses_open_mouth_and_averages_a_window(driver_points):
 def test_intensity_step_is_clamped():
     settings = MotionSettings().with_intensity_step(0.5).with_intensity_step(0.8)
     assert set(settings.intensity.values()) == {2.0}
+
+
+def test_strict_calibration_takes_the_face_as_it_is_after_its_patience(model_path):
+    """A live driver who keeps the mouth open is refused for STRICT_PATIENCE_S, then calibrated as they are (a browser
+    visitor on a talking clip stayed uncalibrated for over 100 s); patience_s=None waits for ever."""
+    import itertools
+
+    from avatarcam.capture import iter_frames
+    from avatarcam.landmarks import FaceLandmarker
+    from avatarcam.motion import STRICT_PATIENCE_S, Calibrator, calibration_problem
+    from avatarcam.types import Frame, Observed
+    from tests.conftest import D12
+
+    with FaceLandmarker(model_path=model_path, mode="image") as landmarker:
+        frames = itertools.islice(iter_frames(str(D12)), 100, 200)
+        open_face = next(face for face in map(landmarker.detect, frames)
+                         if face is not None and calibration_problem(face) == "close your mouth")
+    frame = Frame(np.zeros((8, 8, 3), np.uint8), 0, 0.0)
+    patient, waiting = Calibrator(window_s=0.3), Calibrator(window_s=0.3, patience_s=None)
+    times = np.arange(0.0, STRICT_PATIENCE_S + 1.0, 0.1)
+    done = [t for t in times if patient.add(Observed(frame=frame, face=open_face), float(t)) is not None]
+    assert done and STRICT_PATIENCE_S <= done[0] <= STRICT_PATIENCE_S + 0.5
+    assert all(waiting.add(Observed(frame=frame, face=open_face), float(t)) is None for t in times)
+    assert waiting.status.startswith("calibrating: close your mouth")
