@@ -117,7 +117,9 @@ def main() -> int:
                              "dlib pass over each output)")
     args = parser.parse_args()
     if not args.judge.is_file():
-        parser.error(f"no judge at {args.judge}: pass --judge PATH/judge.py")
+        parser.error(f"no judge at {args.judge}: the independent judge lives in the developers' shared folder "
+                     "(../shared/judge beside the checkout), which a clone of FaceMimic does not include; with a copy "
+                     "of it, pass --judge PATH/judge.py")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     print("pair".ljust(28) + "".join(name.rjust(8) for name, _ in COLUMNS), flush=True)
