@@ -276,19 +276,19 @@ class Calibrator:
             self.reset()
             return None
         problem = calibration_problem(face)
-        if problem and self.strict and self._refused_since_s is None:
-            self._refused_since_s = time_s
-        impatient = (problem and self.strict and self.patience_s is not None and self._refused_since_s is not None
-                     and time_s - self._refused_since_s >= self.patience_s)
-        if problem and self.strict and not impatient:
-            self._samples = []
-            self._start_s = None
-            self.status = f"calibrating: {problem} and look at the camera"
-            return None
-        if problem and impatient and not self._samples:
-            log.warning("no rest pose for %.0f s (%s): taking the neutral pose as the face is; recalibrate "
-                        "(Ctrl+Alt+C, preview key c, the page's Recalibrate) once at rest", self.patience_s, problem)
-        elif problem and not self.strict:
+        if problem and self.strict:
+            if self._refused_since_s is None:
+                self._refused_since_s = time_s
+            if self.patience_s is None or time_s - self._refused_since_s < self.patience_s:
+                self._samples = []
+                self._start_s = None
+                self.status = f"calibrating: {problem} and look at the camera"
+                return None
+            if not self._samples:  # out of patience: this window takes the face as it is
+                log.warning("no rest pose for %.0f s (%s): taking the neutral pose as the face is; recalibrate "
+                            "(Ctrl+Alt+C, preview key c, the page's Recalibrate) once at rest", self.patience_s,
+                            problem)
+        elif problem:
             log.warning("neutral pose taken while the driver's face is not at rest (%s)", problem)
         if self._start_s is None:
             self._start_s = time_s
